@@ -1,0 +1,97 @@
+"""Test oracle: execute a Graph from its *canonical* op names and params only.
+
+Unlike tracecap.replay (which re-calls the recorded target), this executor looks
+at nothing but ``node.op`` and ``node.params`` - exactly what the mappers see -
+and computes each op with torch functional calls. If a graph replays here to the
+eager output, its canonical form is complete and correct.
+"""
+import operator
+
+import torch
+import torch.nn.functional as F
+
+from tracecap import replay
+
+P = None  # placeholder for readability
+
+
+def _dim_list(v):
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+IMPL = {
+    "conv1d": lambda p: F.conv1d(p["input"], p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]),
+    "conv2d": lambda p: F.conv2d(p["input"], p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]),
+    "conv_transpose2d": lambda p: F.conv_transpose2d(p["input"], p["weight"], p["bias"], p["stride"], p["padding"],
+                                                     p["output_padding"], p["groups"], p["dilation"]),
+    "linear": lambda p: F.linear(p["input"], p["weight"], p["bias"]),
+    "batch_norm": lambda p: F.batch_norm(p["input"], p["running_mean"], p["running_var"], p["weight"], p["bias"],
+                                         False, 0.0, p["eps"]),
+    "layer_norm": lambda p: F.layer_norm(p["input"], p["normalized_shape"], p["weight"], p["bias"], p["eps"]),
+    "relu": lambda p: F.relu(p["input"]),
+    "relu6": lambda p: F.relu6(p["input"]),
+    "leaky_relu": lambda p: F.leaky_relu(p["input"], p["negative_slope"]),
+    "hardtanh": lambda p: F.hardtanh(p["input"], p["min_val"], p["max_val"]),
+    "elu": lambda p: F.elu(p["input"], p["alpha"]),
+    "prelu": lambda p: F.prelu(p["input"], p["weight"]),
+    "sigmoid": lambda p: torch.sigmoid(p["input"]),
+    "tanh": lambda p: torch.tanh(p["input"]),
+    "hardsigmoid": lambda p: F.hardsigmoid(p["input"]),
+    "hardswish": lambda p: F.hardswish(p["input"]),
+    "silu": lambda p: F.silu(p["input"]),
+    "gelu": lambda p: F.gelu(p["input"], approximate=p["approximate"]),
+    "exp": lambda p: torch.exp(p["input"]),
+    "log": lambda p: torch.log(p["input"]),
+    "sqrt": lambda p: torch.sqrt(p["input"]),
+    "abs": lambda p: torch.abs(p["input"]),
+    "neg": lambda p: torch.neg(p["input"]),
+    "softmax": lambda p: F.softmax(p["input"], p["dim"]),
+    "log_softmax": lambda p: F.log_softmax(p["input"], p["dim"]),
+    "max_pool2d": lambda p: F.max_pool2d(p["input"], p["kernel_size"], p["stride"], p["padding"], p["dilation"],
+                                         p["ceil_mode"]),
+    "avg_pool2d": lambda p: F.avg_pool2d(p["input"], p["kernel_size"], p["stride"], p["padding"], p["ceil_mode"],
+                                         p["count_include_pad"], p["divisor_override"]),
+    "adaptive_avg_pool2d": lambda p: F.adaptive_avg_pool2d(p["input"], p["output_size"]),
+    "adaptive_max_pool2d": lambda p: F.adaptive_max_pool2d(p["input"], p["output_size"]),
+    "dropout": lambda p: p["input"],
+    "cat": lambda p: torch.cat(list(p["tensors"]), p["dim"]),
+    "stack": lambda p: torch.stack(list(p["tensors"]), p["dim"]),
+    "add": lambda p: torch.add(p["input"], p["other"], alpha=p["alpha"]),
+    "sub": lambda p: torch.sub(p["input"], p["other"], alpha=p["alpha"]),
+    "rsub": lambda p: torch.rsub(torch.as_tensor(p["input"]), p["other"], alpha=p["alpha"]),
+    "mul": lambda p: torch.mul(torch.as_tensor(p["input"]), p["other"]),
+    "div": lambda p: torch.div(torch.as_tensor(p["input"]), p["other"], rounding_mode=p["rounding_mode"]),
+    "pow": lambda p: torch.pow(p["input"], p["exponent"]),
+    "matmul": lambda p: torch.matmul(p["input"], p["other"]),
+    "bmm": lambda p: torch.bmm(p["input"], p["other"]),
+    "view": lambda p: p["input"].reshape(p["size"]),
+    "reshape": lambda p: p["input"].reshape(p["shape"]),
+    "flatten": lambda p: torch.flatten(p["input"], p["start_dim"], p["end_dim"]),
+    "unsqueeze": lambda p: torch.unsqueeze(p["input"], p["dim"]),
+    "squeeze": lambda p: p["input"].squeeze() if p["dim"] is None else p["input"].squeeze(p["dim"]),
+    "permute": lambda p: p["input"].permute(p["dims"]),
+    "transpose": lambda p: torch.transpose(p["input"], p["dim0"], p["dim1"]),
+    "t": lambda p: p["input"].t(),
+    "expand": lambda p: p["input"].expand(p["size"]),
+    "repeat": lambda p: p["input"].repeat(p["sizes"]),
+    "getitem": lambda p: operator.getitem(p["input"], p["index"]),
+    "chunk": lambda p: torch.chunk(p["input"], p["chunks"], p["dim"]),
+    "split": lambda p: torch.split(p["input"], p["split_size_or_sections"], p["dim"]),
+    "mean": lambda p: torch.mean(p["input"], dim=_dim_list(p["dim"]), keepdim=p["keepdim"]) if p["dim"] is not None
+    else torch.mean(p["input"]),
+    "sum": lambda p: torch.sum(p["input"], dim=_dim_list(p["dim"]), keepdim=p["keepdim"]) if p["dim"] is not None
+    else torch.sum(p["input"]),
+    "max": lambda p: torch.max(p["input"], p["dim"], p["keepdim"]) if p["dim"] is not None else torch.max(p["input"]),
+    "interpolate": lambda p: F.interpolate(p["input"], p["size"], p["scale_factor"], p["mode"], p["align_corners"]),
+    "pixel_shuffle": lambda p: F.pixel_shuffle(p["input"], p["upscale_factor"]),
+    "pad": lambda p: F.pad(p["input"], p["pad"], p["mode"], p["value"]),
+    "clamp": lambda p: torch.clamp(p["input"], p["min"], p["max"]),
+}
+
+
+def run(graph, *inputs):
+    def call(node, env):
+        if node.op not in IMPL:
+            raise NotImplementedError(f"reference executor has no {node.op!r} ({node.where()})")
+        return IMPL[node.op](replay._resolve(node.params, env))
+    return replay.run(graph, *inputs, call=call)

@@ -1,0 +1,8 @@
+"""tracecap: convert PyTorch models to Caffe by watching them run."""
+from tracecap.errors import (  # noqa: F401
+    TracecapError, CaptureError, MappingError, UnsupportedOpError, CheckpointError, RuntimeFailure,
+)
+from tracecap.graph import Graph, Node, Blob  # noqa: F401
+from tracecap.capture import capture  # noqa: F401
+
+__version__ = "0.1.0"

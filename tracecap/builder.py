@@ -1,0 +1,345 @@
+"""The builder: turn the recorder's events into a Graph by tensor identity.
+
+Every tensor an op reads is looked up by ``id()`` (the recorder holds strong
+references, so ids stay unique for the whole capture). A tensor whose
+``_version`` went up during an op was written in place: it gets a new blob
+version (``x@1``), so later readers link to the value they really read. A tensor
+no op produced is a parameter/buffer (known from the module scopes), a graph
+input (an argument of a call made from the ``with`` block), an alias of a known
+tensor (``Variable(x)``, ``x.data``: same storage, offset, shape and strides) or
+a constant. Results computed only from constants are constants themselves.
+"""
+from __future__ import annotations
+
+import torch
+
+from tracecap import ops as opslib
+from tracecap.errors import CaptureError
+from tracecap.graph import Blob, Graph
+
+# Calls that only read metadata: they return no tensor and carry no data out of the graph.
+_METADATA = frozenset({
+    "size", "dim", "shape", "numel", "__len__", "is_contiguous", "dtype", "device", "is_cuda", "stride",
+    "storage_offset", "requires_grad", "ndimension", "nelement", "element_size", "is_floating_point",
+    "layout", "names", "grad_fn", "is_leaf", "__format__", "__repr__", "__str__", "data_ptr", "get_device",
+    "_version", "__hash__", "ndim", "is_quantized", "is_sparse", "is_complex", "grad", "is_mkldnn",
+    "_is_view", "_base", "untyped_storage", "storage", "has_names", "is_nested", "is_meta", "__dir__",
+    "__reduce_ex__", "__deepcopy__", "output_nr", "_cdata", "retains_grad", "is_inference", "__array__",
+})
+# Calls that turn tensor data into Python values: anything computed from them is invisible to us.
+_ESCAPES = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__array__"})
+
+
+def _alias_key(t):
+    try:
+        return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+    except Exception:  # e.g. sparse or meta tensors: no aliasing by storage
+        return None
+
+
+def _flat_with_paths(prefix, obj, out):
+    if isinstance(obj, torch.Tensor):
+        out.append((prefix, obj))
+    elif isinstance(obj, (list, tuple)):
+        for i, o in enumerate(obj):
+            _flat_with_paths(f"{prefix}.{i}" if prefix else str(i), o, out)
+    elif isinstance(obj, dict):
+        for k, o in obj.items():
+            _flat_with_paths(f"{prefix}.{k}" if prefix else str(k), o, out)
+    return out
+
+
+def _sub(obj, lookup):
+    """obj with every tensor replaced by its Blob."""
+    if isinstance(obj, torch.Tensor):
+        return lookup[id(obj)]
+    if isinstance(obj, list):
+        return [_sub(o, lookup) for o in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_sub(o, lookup) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _sub(v, lookup) for k, v in obj.items()}
+    return obj
+
+
+def _slot_of(params, tensor):
+    for name, value in params.items():
+        if value is tensor:
+            return name
+    return None
+
+
+class Builder:
+    def __init__(self, recorder, inputs=None, outputs=None):
+        self.rec = recorder
+        self.g = Graph()
+        self.current = {}      # id(tensor) -> latest Blob for it
+        self.version = {}      # id(Blob) -> the tensor _version that blob stands for
+        self.live = {}         # id(Blob) -> the tensor object
+        self.aliases = {}      # alias key -> Blob
+        self.escapes = []      # (op, source) of calls that turned data into Python values
+        self.explicit_inputs = inputs
+        self.explicit_outputs = outputs
+        self.outer_args = {}   # id(tensor) -> path
+        for call in recorder.outer_calls:
+            for path, t in _flat_with_paths("", dict(call.arguments), []):
+                self.outer_args.setdefault(id(t), path)
+                self.outer_args.setdefault(_alias_key(t), path)
+
+    # ---- entry ------------------------------------------------------------------------
+    def build(self):
+        if self.explicit_inputs is not None:
+            for i, (path, t) in enumerate(_flat_with_paths("", self.explicit_inputs, [])):
+                self._new_source(t, "input", path or f"input{i}")
+        for ev in self.rec.events:
+            self._add_event(ev)
+        self._set_outputs()
+        self._check_inputs()
+        self.g.warnings.extend(f"{op} at {src} turned tensor data into a Python value; anything computed "
+                               f"from it is a constant in the graph" for op, src in self.escapes)
+        return self.g
+
+    # ---- blobs --------------------------------------------------------------------------
+    def _bind_blob(self, t, blob, version):
+        self.current[id(t)] = blob
+        self.version[id(blob)] = version
+        self.live[id(blob)] = t
+        key = _alias_key(t)
+        if key is not None:
+            self.aliases.setdefault(key, blob)
+
+    def _new_source(self, t, kind, name):
+        blob = self.g.add_blob(name, kind, tuple(t.shape), t.dtype, value=t if kind != "input" else None)
+        blob.meta["path"] = name
+        if kind == "input":
+            self.g.inputs.append(blob)
+        self._bind_blob(t, blob, opslib_version(t))
+        return blob
+
+    def _source_for(self, t, slot, ev):
+        """Classify a tensor no recorded op produced."""
+        tid = id(t)
+        name = self.rec.param_names.get(tid)
+        if name is not None:
+            return self._new_source(t, "param", name)
+        key = _alias_key(t)
+        if key is not None and key in self.aliases:
+            blob = self.aliases[key]
+            self.current[tid] = blob
+            return blob
+        explicit = self.explicit_inputs is not None
+        path = self.outer_args.get(tid) or (self.outer_args.get(key) if key is not None else None)
+        if slot in opslib.WEIGHT_SLOTS or isinstance(t, torch.nn.Parameter):
+            return self._new_source(t, "param", path or f"{ev_label(ev)}.{slot or 'param'}")
+        if path is not None and not explicit:
+            return self._new_source(t, "input", path)
+        if self.escapes:
+            op, src = self.escapes[-1]
+            raise CaptureError(
+                f"{describe(ev)} reads a tensor that no recorded op produced and that is not a parameter, "
+                f"buffer or input; it probably comes from `{op}` at {src}, which took data out of torch. "
+                f"A static graph cannot follow that.")
+        blob = self._new_source(t, "const", f"{ev_label(ev)}.{slot or 'const'}")
+        self.g.warnings.append(f"{describe(ev)} reads a tensor created outside the traced ops; it is treated "
+                               f"as a constant ({blob.name}, shape {list(t.shape)})")
+        return blob
+
+    def _known_constant(self, t):
+        blob = self.current.get(id(t))
+        return blob.is_constant if blob is not None else id(t) in self.rec.param_names
+
+    # ---- events ---------------------------------------------------------------------------
+    def _add_event(self, ev):
+        raw = opslib.raw_name(ev.func)
+        written = [i for i, (a, b) in enumerate(zip(ev.in_versions, ev.after_versions)) if a is not None and a != b]
+        if not ev.outputs and not written:
+            if raw in _ESCAPES and any(not self._known_constant(t) for t in ev.inputs):
+                self.escapes.append((raw, ev.source))
+            return
+        op, swap, inplace_name = opslib.canonical_name(ev.func)
+        try:
+            params = opslib.bind(op, ev.args, ev.kwargs)
+        except opslib.BindError as exc:
+            raise CaptureError(f"{describe(ev)}: cannot read its arguments ({exc})") from None
+
+        bottoms = []
+        for i, t in enumerate(ev.inputs):
+            blob = self.current.get(id(t))
+            if blob is None:
+                blob = self._source_for(t, _slot_of(params, t), ev)
+            else:
+                seen = self.version.get(id(blob))
+                now = ev.in_versions[i]
+                if seen is not None and now is not None and now != seen and not blob.is_constant:
+                    raise CaptureError(
+                        f"{describe(ev)} reads `{blob.name}` after it was modified in place by code tracecap could "
+                        f"not follow (typically a write through a view, like `x[:, :2] += 1` or "
+                        f"`x.view(-1).relu_()`, or a write outside torch). A static graph cannot express that; "
+                        f"write the result to a new tensor instead.")
+            if blob not in bottoms:
+                bottoms.append(blob)
+        lookup = {id(t): self.current[id(t)] for t in ev.inputs}
+        params = opslib.normalize(op, swap, _sub(params, lookup),
+                                  input_ndim=ev.inputs[0].dim() if ev.inputs else None)
+
+        constant = all(b.is_constant for b in bottoms)
+        tops = []
+        out_ids = set()
+        for k, (t, (shape, dtype, ver)) in enumerate(zip(ev.outputs, ev.out_info)):
+            out_ids.add(id(t))
+            old = self.current.get(id(t))
+            if old is not None and id(t) not in {id(ev.inputs[i]) for i in written}:
+                if old in tops:
+                    continue
+                tops.append(None)  # returned an input unchanged (contiguous, eval dropout ...)
+                continue
+            if constant and ev.outer and old is None and id(t) in self.outer_args and self.explicit_inputs is None:
+                # made at block level and handed to a call, e.g. model(torch.randn(1, 3, 224, 224)): an input
+                self._new_source(t, "input", self.outer_args[id(t)])
+                continue
+            value = ev.values[k] if ev.values is not None else t
+            blob = self._version_blob(old, t, shape, dtype, value, constant, ev_label(ev))
+            self._bind_blob(t, blob, ver)
+            tops.append(blob)
+        for i in written:  # written in place but not returned (setitem, out=, copy_ ...)
+            t = ev.inputs[i]
+            if id(t) in out_ids:
+                continue
+            old = self.current[id(t)]
+            blob = self._version_blob(old, t, tuple(t.shape), t.dtype, t, constant, ev_label(ev))
+            self._bind_blob(t, blob, ev.after_versions[i])
+            tops.append(blob)
+        real_tops = [t for t in tops if t is not None]
+        if not real_tops:
+            return  # a pure pass-through: nothing new to record
+        if constant:
+            for b in real_tops:
+                b.meta["source"] = ev.source
+                b.meta["label"] = ev_label(ev)
+                if self.escapes:
+                    b.meta["after_escape"] = self.escapes[-1]
+            return
+        for b in bottoms:
+            if "after_escape" in b.meta:
+                op, src = b.meta["after_escape"]
+                raise CaptureError(
+                    f"{describe(ev)} reads a tensor made at {b.meta['source']} after `{op}` at {src} took tensor "
+                    f"data out of torch; tracecap cannot tell whether it depends on the input, so it refuses to "
+                    f"freeze it as a constant. Keep the computation in torch ops.")
+        meta = {"scope": ev.scope, "module": ev.module, "call": ev.call, "source": ev.source, "raw_op": raw,
+                "inplace": bool(written) or inplace_name, "shapes_in": [tuple(b.shape or ()) for b in bottoms]}
+        if "inplace" in params:
+            meta["inplace"] = meta["inplace"] or bool(params["inplace"])
+        node = self.g.create_node(ev_label(ev), op, params, target=ev.func,
+                                  args=_sub(ev.args, lookup), kwargs=_sub(ev.kwargs, lookup),
+                                  bottoms=bottoms, tops=real_tops, meta=meta)
+        node.meta["passthrough_outputs"] = [k for k, t in enumerate(tops) if t is None]
+
+    def _version_blob(self, old, t, shape, dtype, value, constant, label):
+        kind = "const" if constant else "activation"
+        if old is None:
+            return self.g.add_blob(label, kind, shape, dtype, value=value if constant else None)
+        root = old.meta.get("root", old)
+        count = root.meta.get("versions", 0) + 1
+        root.meta["versions"] = count
+        blob = self.g.add_blob(f"{root.name}@{count}", kind, shape, dtype, value=value if constant else None)
+        blob.meta["root"] = root
+        blob.meta["version"] = count
+        return blob
+
+    # ---- outputs and checks ---------------------------------------------------------------
+    def _set_outputs(self):
+        if self.explicit_outputs is not None:
+            found = _flat_with_paths("", self.explicit_outputs, [])
+            for path, t in found:
+                blob = self.current.get(id(t)) or self.aliases.get(_alias_key(t))
+                if blob is None:
+                    raise CaptureError(f"output {path or 0!r} (shape {list(t.shape)}) was not produced by any "
+                                       f"recorded op in the capture block")
+                self.g.outputs.append(blob)
+            return
+        done = [c for c in self.rec.outer_calls if c.done]
+        for call in done:
+            for _, t in _flat_with_paths("", call.result, []):
+                blob = self.current.get(id(t))
+                if blob is not None and not blob.users and not blob.is_constant and blob not in self.g.outputs:
+                    self.g.outputs.append(blob)
+        if not self.g.outputs and done and not any(_flat_with_paths("", c.result, []) for c in done):
+            last = done[-1]
+            where = next((ev.source for ev in reversed(self.rec.events)), "?")
+            raise CaptureError(
+                f"the call `{last.frame_name}(...)` made in the capture block returned "
+                f"{type(last.result).__name__}, not a tensor (last op at {where}); graph outputs must be tensors. "
+                f"Return tensors, or name them with cap.build(outputs=...).")
+        if not self.g.outputs:  # fallback: produced activations nothing consumed
+            self.g.outputs = [b for n in self.g.nodes for b in n.tops if not b.users]
+        if not self.g.outputs:
+            raise CaptureError("the capture recorded no op that computes a tensor from an input (was the block "
+                               "empty, or were all tensors made inside it from constants?). Pass tensors created "
+                               "before the block, or name them with cap.build(inputs=..., outputs=...).")
+
+    def _check_inputs(self):
+        if not self.g.inputs and self.g.nodes:
+            first = self.g.nodes[0]
+            raise CaptureError(
+                f"no graph input found: no recorded op read a tensor passed to a call in the capture block "
+                f"(first op: {first.where()}). Call the model directly inside `with capture():`, "
+                f"or pass the input tensors with cap.build(inputs=...).")
+
+
+def opslib_version(t):
+    try:
+        return t._version
+    except RuntimeError:
+        return None
+
+
+def ev_label(ev):
+    op = opslib.canonical_name(ev.func)[0]
+    return f"{ev.scope}.{op}" if ev.scope else op
+
+
+def describe(ev):
+    op = opslib.raw_name(ev.func)
+    scope = ev.scope or "<top level>"
+    mod = f" ({ev.module})" if ev.module else ""
+    return f"op `{op}` in module `{scope}`{mod} at {ev.source}"
+
+
+def build_graph(recorder, inputs=None, outputs=None):
+    return Builder(recorder, inputs, outputs).build()
+
+
+def assign_names(graph):
+    """Final, readable names: a node alone in its module scope takes the scope's name
+    (``features.0``), others ``scope.op`` (``layer1.0.relu``); activations take their
+    producer's name, in-place versions ``name@k``; sources keep their paths."""
+    from collections import Counter
+    per_call = Counter((n.meta.get("scope", ""), n.meta.get("call")) for n in graph.nodes)
+    graph._names = {"node": set(), "blob": set()}
+    new_blobs = {}
+
+    def take(blob, base):
+        blob.name = graph.unique_name(base)
+        new_blobs[blob.name] = blob
+
+    for blob in graph.inputs:
+        take(blob, blob.meta.get("path", blob.name))
+    for blob in graph.blobs.values():
+        if blob.is_constant and blob.producer is None and blob not in graph.inputs:
+            take(blob, blob.meta.get("label", blob.name))
+    for node in graph.nodes:
+        scope = node.meta.get("scope", "")
+        base = scope if scope and per_call[scope, node.meta.get("call")] == 1 else (f"{scope}.{node.op}" if scope else node.op)
+        node.name = graph.unique_name(base, "node")
+        for k, top in enumerate(node.tops):
+            root = top.meta.get("root")
+            if root is not None:
+                take(top, f"{root.name}@{top.meta['version']}")
+            else:
+                take(top, node.name if k == 0 else f"{node.name}.{k}")
+    graph.blobs = new_blobs
+    return graph
+
+
+__all__ = ["build_graph", "assign_names", "Blob"]

@@ -1,0 +1,83 @@
+"""``tracecap.capture()``: the context manager users write their forward pass in."""
+from __future__ import annotations
+
+import sys
+import threading
+import warnings
+
+from tracecap import builder, passes
+from tracecap.errors import CaptureError
+from tracecap.recorder import Recorder
+from tracecap.surfacer import Surfacer
+
+_active = threading.local()
+
+
+class capture:
+    """Record the ops run by this thread inside the ``with`` block.
+
+    ``cap.graph`` is the cleaned graph with inputs/outputs inferred;
+    ``cap.build(inputs=..., outputs=...)`` names them explicitly.
+    """
+
+    def __init__(self):
+        self._recorder = None
+        self._mode = None
+        self._graph = None
+        self._error = None
+        self._finished = False
+
+    def __enter__(self):
+        if getattr(_active, "capture", None) is not None:
+            raise CaptureError("capture() is already active in this thread; nested captures are not supported "
+                               "(end the outer `with tracecap.capture()` block first)")
+        _active.capture = self
+        self._recorder = Recorder(sys._getframe(1))
+        self._mode = Surfacer()
+        self._mode.__enter__()
+        self._recorder.install()   # last: nothing of ours runs traced after this
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            intact = self._recorder.uninstall()  # first: stop tracing before anything else runs
+        finally:
+            try:
+                self._mode.__exit__(None, None, None)
+            finally:
+                _active.capture = None
+        if not intact:
+            warnings.warn("tracecap: the trace function was replaced during capture (a debugger or coverage "
+                          "started inside the block?); the recording may be incomplete", RuntimeWarning, stacklevel=2)
+        if exc_type is not None:
+            self._error = exc
+            return False
+        self._finished = True
+        rec = self._recorder
+        if rec.internal_errors:
+            raise CaptureError("tracecap's recorder failed internally: " + "; ".join(rec.internal_errors[:3]))
+        if rec.training_modules:
+            warnings.warn(f"tracecap: {', '.join(rec.training_modules)} captured in training mode; dropout and "
+                          f"batch-norm statistics behave differently than in deployment - call model.eval() first",
+                          UserWarning, stacklevel=2)
+        return False
+
+    @property
+    def recorder(self):
+        return self._recorder
+
+    def build(self, inputs=None, outputs=None, clean=True):
+        """Build a Graph; explicit ``inputs``/``outputs`` are tensors (or lists/tuples/dicts of them)."""
+        if not self._finished:
+            why = f"the block raised {type(self._error).__name__}" if self._error is not None else "the block has not finished"
+            raise CaptureError(f"no graph: {why}")
+        graph = builder.build_graph(self._recorder, inputs, outputs)
+        if clean:
+            passes.cleanup(graph)
+        return builder.assign_names(graph)
+
+    @property
+    def graph(self):
+        if self._graph is None:
+            self._graph = self.build()
+        return self._graph

@@ -1,0 +1,321 @@
+"""The recorder: a sys.settrace hook that writes down every op a forward pass runs.
+
+Three layers, as in bdb.py:
+
+* mechanics - ``install``/``uninstall`` put the trace function in place, chained
+  to any tracer that was already there (debugger, coverage), and restore it;
+* policy    - which frames matter: the surfacer's op frame, ``Module._call_impl``
+  (a scope), and calls made directly from the ``with`` block (the outermost calls);
+* hooks     - ``_on_*`` methods that append events.
+
+The global trace function only sees ``'call'`` events; it returns a local tracer
+just for the few frames whose ``'return'`` it needs, with line events switched
+off, and ``None`` for everything else (cheap).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import sysconfig
+import threading
+
+import torch
+
+from tracecap.surfacer import OP_CODE
+
+_MODULE_CALL_CODE = torch.nn.Module._call_impl.__code__
+_TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STDLIB_DIRS = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")})
+_SITE_MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
+
+# per-file verdicts: "torch" (skip upward), "ours"/"stdlib" (an op called from here is not the user's), "user"
+_FILE_KIND = {}
+
+
+def _file_kind(filename):
+    kind = _FILE_KIND.get(filename)
+    if kind is None:
+        path = os.path.realpath(filename) if not filename.startswith("<") else filename
+        if path.startswith(_TORCH_DIR) or filename.startswith(_TORCH_DIR):
+            kind = "torch"
+        elif path.startswith(_OWN_DIR):
+            kind = "ours"
+        elif path.startswith(_STDLIB_DIRS) and not any(m in path for m in _SITE_MARKERS):
+            kind = "stdlib"
+        else:
+            kind = "user"
+        _FILE_KIND[filename] = kind
+    return kind
+
+
+def _tensors(obj, out):
+    """Append every tensor inside obj (lists/tuples/dicts, any depth) to out."""
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            _tensors(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _tensors(o, out)
+    return out
+
+
+def _snapshot(obj):
+    """Copy containers so a list appended to after the call (DenseNet's feature list) keeps its value."""
+    if isinstance(obj, list):
+        return [_snapshot(o) for o in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_snapshot(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    return obj
+
+
+def _version(t):
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors carry no version counter
+        return None
+
+
+class OpEvent:
+    """One op call and its result, with what the builder needs to link it."""
+
+    __slots__ = (
+        "index",     # position in execution order
+        "func",      # the torch callable that ran
+        "args",      # positional args (containers copied at call time)
+        "kwargs",    # keyword args
+        "inputs",    # tensors among args/kwargs, in order
+        "in_versions",   # their _version before the call
+        "after_versions",  # their _version after the call (a bump = written in place)
+        "result",    # the return value
+        "outputs",   # tensors in the result, in order
+        "out_info",  # (shape, dtype, _version) for each output at return
+        "values",    # for factories only: copies of the outputs as created
+        "scope",     # module path of the innermost module running ("" at top level)
+        "call",      # which call of a module (a counter), to tell reused modules' calls apart
+        "module",    # class name of that module (or None)
+        "source",    # "file:line" of the user's code that made the call
+        "outer",     # True when called directly from the with-block
+    )
+
+    def __repr__(self):
+        return f"<OpEvent #{self.index} {getattr(self.func, '__name__', self.func)} @ {self.source}>"
+
+
+class OuterCall:
+    """A call made directly from the ``with`` block: its arguments name the graph inputs."""
+
+    __slots__ = ("frame_name", "arguments", "result", "done", "is_module")
+
+    def __init__(self, frame_name, arguments, is_module):
+        self.frame_name = frame_name
+        self.arguments = arguments  # list of (path, value)
+        self.result = None
+        self.done = False
+        self.is_module = is_module
+
+
+class Recorder:
+    """Collects OpEvents and OuterCalls for one thread, between install() and uninstall()."""
+
+    def __init__(self, block_frame):
+        self.block_frame = block_frame
+        self.thread = threading.get_ident()
+        self.events = []
+        self.outer_calls = []
+        self.param_names = {}      # id(param/buffer) -> dotted name
+        self.param_refs = []       # strong refs, so ids stay unique
+        self.module_names = {}     # id(module) -> dotted path
+        self.training_modules = []
+        self.internal_errors = []
+        self._scopes = []          # stack of (path, class name, call counter)
+        self._calls = 0
+        self._pending = []         # OpEvents awaiting their 'return'
+        self._outer_pending = []   # OuterCalls awaiting their 'return'
+        self._prev = None
+        self._installed = None
+
+    # ---- mechanics -------------------------------------------------------------------
+    def install(self):
+        self._prev = sys.gettrace()
+        self._installed = self._dispatch if self._prev is None else self._chained
+        sys.settrace(self._installed)
+
+    def uninstall(self):
+        """Restore the previous tracer; report if someone replaced ours meanwhile."""
+        current = sys.gettrace()
+        sys.settrace(self._prev)
+        return current is self._installed or current == self._installed
+
+    def _chained(self, frame, event, arg):
+        theirs = self._prev(frame, event, arg)
+        if sys.gettrace() is not self._installed:
+            # coverage's C tracer, when called from Python, re-installs itself as the
+            # thread's trace function; put the chain back so both keep seeing calls
+            sys.settrace(self._installed)
+        ours = self._dispatch(frame, event, arg)
+        if ours is None:
+            return theirs
+        if theirs is None:
+            return ours
+        return _Both(ours, theirs)
+
+    # ---- policy ------------------------------------------------------------------------
+    def _dispatch(self, frame, event, arg):
+        code = frame.f_code
+        try:
+            if code is OP_CODE:
+                return self._on_op_call(frame)
+            if code is _MODULE_CALL_CODE:
+                return self._on_module_call(frame)
+            if frame.f_back is self.block_frame and _file_kind(code.co_filename) != "ours":
+                return self._on_outer_call(frame)
+        except Exception as exc:  # never let a recorder bug break the user's forward
+            self.internal_errors.append(repr(exc))
+        return None
+
+    def _user_frame(self, frame):
+        """First caller outside torch; None when an op was called by tracecap or the stdlib."""
+        f = frame.f_back
+        while f is not None:
+            kind = _file_kind(f.f_code.co_filename)
+            if kind == "user":
+                return f
+            if kind != "torch":
+                return None
+            f = f.f_back
+        return None
+
+    # ---- hooks ---------------------------------------------------------------------------
+    def _on_op_call(self, frame):
+        user = self._user_frame(frame)
+        if user is None:
+            return None
+        loc = frame.f_locals
+        ev = OpEvent()
+        ev.index = len(self.events)
+        ev.func = loc["func"]
+        ev.args = _snapshot(loc.get("args") or ())
+        ev.kwargs = _snapshot(loc.get("kwargs") or {})
+        ev.inputs = _tensors(ev.kwargs, _tensors(ev.args, []))
+        ev.in_versions = [_version(t) for t in ev.inputs]
+        if self._scopes:
+            ev.scope, ev.module, ev.call = self._scopes[-1]
+        else:
+            ev.scope, ev.module, ev.call = "", None, 0
+        ev.source = f"{user.f_code.co_filename}:{user.f_lineno}"
+        ev.outer = frame.f_back is self.block_frame
+        if self._installed == self._dispatch:
+            frame.f_trace_lines = False
+        self._pending.append(ev)
+        return self._op_local
+
+    def _op_local(self, frame, event, arg):
+        if event == "return":
+            try:
+                ev = self._pending.pop()
+                ev.result = arg
+                ev.outputs = _tensors(arg, [])
+                ev.after_versions = [_version(t) for t in ev.inputs]
+                # a factory (zeros, arange...): keep its value as created, in case it is later written in place
+                ev.values = [t.detach().clone() for t in ev.outputs] if not ev.inputs else None
+                ev.out_info = [(tuple(t.shape), t.dtype, _version(t)) for t in ev.outputs]
+                if ev.outer:
+                    self._finish_outer(arg)
+                self.events.append(ev)
+            except Exception as exc:
+                self.internal_errors.append(repr(exc))
+        return self._op_local
+
+    def _on_module_call(self, frame):
+        module = frame.f_locals.get("self")
+        if not isinstance(module, torch.nn.Module):
+            return None
+        key = id(module)
+        if not self._scopes and key not in self.module_names:
+            for name, m in module.named_modules():
+                self.module_names.setdefault(id(m), name)
+            if module.training:
+                self.training_modules.append(type(module).__name__)
+        path = self.module_names.get(key)
+        if path is None:  # a module outside the root's tree: name it under the current scope
+            parent = self._scopes[-1][0] if self._scopes else ""
+            path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
+            self.module_names[key] = path
+        prefix = path + "." if path else ""
+        for store in (module._parameters, module._buffers):
+            for pname, p in store.items():
+                if p is not None and id(p) not in self.param_names:
+                    self.param_names[id(p)] = prefix + pname
+                    self.param_refs.append(p)
+        self._calls += 1
+        self._scopes.append((path, type(module).__name__, self._calls))
+        if self._installed == self._dispatch:
+            frame.f_trace_lines = False
+        return self._scope_local
+
+    def _scope_local(self, frame, event, arg):
+        if event == "return" and self._scopes:
+            self._scopes.pop()
+        return self._scope_local
+
+    def _on_outer_call(self, frame):
+        loc = frame.f_locals
+        code = frame.f_code
+        module = loc.get("self")
+        is_module = isinstance(module, torch.nn.Module) and code.co_name in ("_wrapped_call_impl", "__call__", "_call_impl")
+        if is_module:
+            arguments = _bind_forward(module, loc.get("args", ()), loc.get("kwargs", {}))
+        else:
+            n = code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & 0x04) + bool(code.co_flags & 0x08)
+            arguments = [(name, loc[name]) for name in code.co_varnames[:n] if name in loc and name != "self"]
+        self.outer_calls.append(OuterCall(code.co_name, _snapshot(arguments), is_module))
+        self._outer_pending.append(self.outer_calls[-1])
+        if self._installed == self._dispatch:
+            frame.f_trace_lines = False
+        return self._outer_local
+
+    def _outer_local(self, frame, event, arg):
+        if event == "return":
+            self._finish_outer(arg)
+        return self._outer_local
+
+    def _finish_outer(self, result):
+        if self._outer_pending:
+            call = self._outer_pending.pop()
+            call.result = result
+            call.done = True
+        else:  # an op called straight from the block: an outer call of its own
+            call = OuterCall("op", [], False)
+            call.result, call.done = result, True
+            self.outer_calls.append(call)
+
+
+def _bind_forward(module, args, kwargs):
+    """Name a module call's arguments after its forward() parameters (x, images, ...)."""
+    import inspect
+    try:
+        bound = inspect.signature(module.forward).bind(*args, **kwargs)
+        return list(bound.arguments.items())
+    except (TypeError, ValueError):
+        return [(f"input{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+
+
+class _Both:
+    """Local tracer for frames both we and a previous tracer follow."""
+
+    __slots__ = ("ours", "theirs")
+
+    def __init__(self, ours, theirs):
+        self.ours, self.theirs = ours, theirs
+
+    def __call__(self, frame, event, arg):
+        if self.theirs is not None:
+            self.theirs = self.theirs(frame, event, arg)
+        if self.ours is not None:
+            self.ours = self.ours(frame, event, arg)
+        return self if (self.ours is not None or self.theirs is not None) else None

@@ -1,0 +1,76 @@
+"""Re-run a captured graph with torch by calling each node's recorded target.
+
+Used to check a capture (the graph must reproduce the eager output) and by
+``tracecap verify`` to get reference blobs by name.
+"""
+from __future__ import annotations
+
+import torch
+
+from tracecap.graph import Blob
+
+
+def _resolve(obj, env):
+    if isinstance(obj, Blob):
+        return env[obj.name]
+    if isinstance(obj, list):
+        return [_resolve(o, env) for o in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_resolve(o, env) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _resolve(v, env) for k, v in obj.items()}
+    return obj
+
+
+def _flat(obj, out):
+    if isinstance(obj, torch.Tensor):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            _flat(o, out)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _flat(o, out)
+    return out
+
+
+def run(graph, *inputs, call=None, return_env=False):
+    """Execute ``graph`` on ``inputs`` (one tensor per graph input, in order).
+
+    ``call(node, env)`` may replace the default execution (``node.target(*args, **kwargs)``);
+    it must return the node's raw result. In-place targets run on clones, so
+    every blob version keeps its own value.
+    """
+    if len(inputs) != len(graph.inputs):
+        raise ValueError(f"graph has {len(graph.inputs)} inputs, got {len(inputs)}")
+    env = {b.name: b.value for b in graph.blobs.values() if b.is_constant}
+    env.update({b.name: x for b, x in zip(graph.inputs, inputs)})
+    with torch.no_grad():
+        for node in graph.nodes:
+            if call is not None:
+                result = call(node, env)
+            else:
+                args = _resolve(node.args, env)
+                kwargs = _resolve(node.kwargs, env)
+                if node.meta.get("inplace"):
+                    args, kwargs = _clone_written(node, args, kwargs)
+                result = node.target(*args, **kwargs)
+            outs = _flat(result, [])
+            skip = set(node.meta.get("passthrough_outputs", ()))
+            produced = [o for k, o in enumerate(outs) if k not in skip]
+            if node.meta.get("inplace") and len(produced) < len(node.tops):
+                produced += [a for a in _flat(args, []) if a is not None][:len(node.tops) - len(produced)]
+            for top, value in zip(node.tops, produced):
+                env[top.name] = value
+    outs = [env[b.name] for b in graph.outputs]
+    return (outs, env) if return_env else outs
+
+
+def _clone_written(node, args, kwargs):
+    """Give an in-place op a private copy of the tensor it writes, so earlier versions survive."""
+    args = list(args)
+    if args and isinstance(args[0], torch.Tensor):
+        args[0] = args[0].clone()
+    elif "input" in kwargs and isinstance(kwargs["input"], torch.Tensor):
+        kwargs = dict(kwargs, input=kwargs["input"].clone())
+    return args, kwargs
