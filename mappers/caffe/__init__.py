@@ -1,0 +1,69 @@
+"""Caffe output: ``to_net(graph, dialect)`` and ``save(graph, prototxt, caffemodel, dialect)``.
+
+Dialects: ``bvlc`` (BVLC master's caffe.proto: pooling ``round_mode``) and
+``opencv`` (OpenCV 4.x's importer and SSD-style forks such as brocolli-caffe:
+pooling ``ceil_mode``). See README "Which dialect".
+"""
+from __future__ import annotations
+
+from tracecap.errors import MappingError, UnsupportedOpError
+from tracecap.mappers.caffe import layers as _layers  # noqa: F401  (registers the mappers)
+from tracecap.mappers.caffe import netspec, writer
+from tracecap.mappers.caffe.proto import DIALECTS
+from tracecap.mappers.caffe.registry import MAPPERS, Context, Unsupported
+
+__all__ = ["to_net", "to_layers", "save", "supported_ops", "DIALECTS"]
+
+
+def supported_ops():
+    """Canonical op names with a Caffe mapper."""
+    return sorted(MAPPERS)
+
+
+def _check_dialect(dialect):
+    if dialect not in DIALECTS:
+        raise MappingError(f"unknown Caffe dialect {dialect!r}; choose one of {', '.join(DIALECTS)}")
+
+
+def to_layers(graph, dialect="bvlc"):
+    """Map every node; report *all* unsupported nodes at once."""
+    _check_dialect(dialect)
+    graph.lint()
+    layers, problems = [], []
+    for node in graph.nodes:
+        fn = MAPPERS.get(node.op)
+        if fn is None:
+            problems.append(f"{node.where()}: no Caffe mapping for `{node.op}`")
+            continue
+        try:
+            layers.extend(fn(node, Context(node, dialect)))
+        except Unsupported as exc:
+            problems.append(f"{node.where()}: {exc}")
+        except MappingError as exc:
+            problems.append(f"{node.where()}: {exc}")
+    if problems:
+        raise UnsupportedOpError(
+            f"{len(problems)} op(s) cannot be converted to Caffe ({dialect} dialect):\n  - " + "\n  - ".join(problems),
+            problems)
+    return layers
+
+
+def to_net(graph, dialect="bvlc", name="tracecap"):
+    """The NetParameter (of the dialect's generated module) for ``graph``."""
+    layers = to_layers(graph, dialect)
+    inputs = {}
+    for blob in graph.inputs:
+        if blob.shape is None or len(blob.shape) == 0:
+            raise MappingError(f"graph input {blob.name} has no shape")
+        inputs[blob.name] = tuple(blob.shape)
+    try:
+        return netspec.to_net(layers, name=name, inputs=inputs, dialect=dialect)
+    except MappingError as exc:
+        raise MappingError(f"building the {dialect} net failed: {exc}") from None
+
+
+def save(graph, prototxt, caffemodel, dialect="bvlc", name="tracecap"):
+    """Write ``graph`` as ``prototxt`` + ``caffemodel``, atomically (nothing half-written on failure)."""
+    net = to_net(graph, dialect, name)
+    writer.save(net, prototxt, caffemodel)
+    return net

@@ -1,0 +1,106 @@
+"""The mapper registry and the per-node context mappers work with.
+
+A mapper is a small function ``fn(node, ctx) -> list[Layer]`` registered for one
+or more canonical op names. It reads ``node.params`` and shapes, and describes
+layers as plain ``netspec.Layer`` data; it never touches protobuf. When an op's
+arguments have no exact Caffe equivalent it calls ``ctx.unsupported(why)``;
+the converter collects those for every node and reports them together.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from tracecap.graph import Blob
+from tracecap.mappers.caffe.netspec import Layer, layer_types
+
+MAPPERS = {}
+
+
+def register(*ops):
+    """Register ``fn`` as the mapper of each canonical op name in ``ops``."""
+    def deco(fn):
+        for op in ops:
+            if op in MAPPERS:
+                raise ValueError(f"op {op!r} already has a Caffe mapper ({MAPPERS[op].__name__})")
+            MAPPERS[op] = fn
+        return fn
+    return deco
+
+
+class Unsupported(Exception):
+    """This node's arguments cannot be expressed exactly in Caffe (reason in the message)."""
+
+
+class Context:
+    """What a mapper may ask about its node and the net being built."""
+
+    def __init__(self, node, dialect):
+        self.node = node
+        self.dialect = dialect
+        self._count = 0
+
+    # ---- names -------------------------------------------------------------------------
+    @staticmethod
+    def blob(b):
+        if not isinstance(b, Blob):
+            raise Unsupported(f"expected a tensor operand, got {type(b).__name__}")
+        if b.is_constant:
+            raise Unsupported(f"operand {b.name} is a constant here; Caffe needs it as a layer input or a weight")
+        return b.name
+
+    @property
+    def top(self):
+        """Caffe name of the node's (first) output; the last layer of a node writes it."""
+        return self.node.tops[0].name
+
+    def tmp(self, what):
+        """A fresh name for an intermediate blob/layer inside this node's decomposition."""
+        self._count += 1
+        return f"{self.top}/{what}" if self._count == 1 else f"{self.top}/{what}{self._count}"
+
+    # ---- values ------------------------------------------------------------------------
+    @staticmethod
+    def array(b):
+        """float32 numpy copy of a constant blob (weights)."""
+        if not (isinstance(b, Blob) and b.is_constant):
+            raise Unsupported("expected a constant (weight) operand")
+        return b.value.detach().to("cpu").float().contiguous().numpy().copy()
+
+    @staticmethod
+    def shape(b):
+        return tuple(b.shape)
+
+    def out_shape(self, k=0):
+        return tuple(self.node.tops[k].shape)
+
+    def in_shape(self):
+        return tuple(self.node.params["input"].shape)
+
+    def has_layer(self, layer_type):
+        return layer_type in layer_types(self.dialect)
+
+    def unsupported(self, why):
+        raise Unsupported(why)
+
+    def layer(self, type, bottoms, tops=None, name=None, params=None, blobs=()):
+        tops = [self.top] if tops is None else list(tops)
+        return Layer(type=type, name=name or tops[0], bottoms=list(bottoms), tops=tops,
+                     params=dict(params or {}), blobs=[np.asarray(b, dtype=np.float32) for b in blobs])
+
+
+def norm_axis(axis, ndim):
+    if axis is None:
+        return None
+    axis = int(axis)
+    return axis + ndim if axis < 0 else axis
+
+
+def pair(v, what="value"):
+    """(h, w) from an int, a 1-tuple or a pair."""
+    if isinstance(v, (list, tuple)):
+        if len(v) == 1:
+            return int(v[0]), int(v[0])
+        if len(v) == 2:
+            return int(v[0]), int(v[1])
+        raise Unsupported(f"{what} {tuple(v)} is not 2-D")
+    return int(v), int(v)
