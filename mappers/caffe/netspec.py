@@ -1,0 +1,298 @@
+"""Build a Caffe ``NetParameter`` from plain layer descriptions.
+
+Mappers describe a layer as data -- a :class:`Layer` with a Caffe type, a name,
+bottoms, tops, the fields of its ``*_param`` message as a dict and its weights
+as numpy arrays -- and :func:`to_net` turns a list of them into the generated
+protobuf message of one dialect. This module and ``writer`` are the only code
+that touches the protobuf classes.
+
+Nothing is dropped silently: an unknown layer type, an unknown field or a value
+of the wrong type raises :class:`tracecap.MappingError` naming the layer, its
+type and the field.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from types import MappingProxyType
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+
+from tracecap.errors import MappingError
+from tracecap.mappers.caffe.proto import DIALECTS, module_for
+
+
+@dataclass
+class Layer:
+    """One Caffe layer, as plain data.
+
+    ``params`` holds the fields of the layer's ``*_param`` message: scalars,
+    lists for repeated fields, dicts for sub-messages, enum values by name
+    ("MAX") or number. ``blobs`` are the weights, written as float32 with their
+    shape. ``extra`` sets other LayerParameter fields (``include``, ``param``,
+    ``propagate_down``, ``loss_weight``, another ``*_param``) the same way.
+    """
+
+    type: str
+    name: str
+    bottoms: list[str]
+    tops: list[str]
+    params: dict = field(default_factory=dict)
+    blobs: list[np.ndarray] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+
+# Layer types whose parameter message is not named after the type.
+_PARAM_OVERRIDES = {"Deconvolution": "convolution_param"}
+
+# Layer types that have no parameter message, per dialect. bvlc: BVLC master's
+# parameterless layers; opencv: those both OpenCV 4.x and brocolli-caffe create.
+_PARAMETERLESS = {
+    "bvlc": ("AbsVal", "BNLL", "Silence", "Split"),
+    "opencv": ("AbsVal", "BNLL", "HardSigmoid", "HardSwish", "ReLU6", "Silence", "Split"),
+}
+
+# LayerParameter fields that Layer sets through its own attributes.
+_STRUCTURAL = ("name", "type", "bottom", "top", "blobs")
+
+_FD = FieldDescriptor
+_INT_RANGES = {
+    _FD.CPPTYPE_INT32: ("int32", -(2**31), 2**31 - 1),
+    _FD.CPPTYPE_INT64: ("int64", -(2**63), 2**63 - 1),
+    _FD.CPPTYPE_UINT32: ("uint32", 0, 2**32 - 1),
+    _FD.CPPTYPE_UINT64: ("uint64", 0, 2**64 - 1),
+}
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_DATA_TAG = bytes([(5 << 3) | 2])  # BlobProto.data, length-delimited (packed)
+
+
+@functools.lru_cache(maxsize=None)
+def layer_types(dialect: str) -> Mapping[str, str | None]:
+    """Every layer type ``dialect`` knows, mapped to its ``*_param`` field (or None).
+
+    Derived from the descriptor: each ``*_param`` field of LayerParameter whose
+    message is ``<Type>Parameter`` gives type ``<Type>`` (so ``norm_param`` of
+    NormalizeParameter gives "Normalize"), then the override table and the
+    parameterless types above.
+    """
+    desc = module_for(dialect).LayerParameter.DESCRIPTOR
+    types: dict[str, str | None] = {}
+    for fd in desc.fields:
+        if fd.name.endswith("_param") and fd.message_type is not None:
+            msg = fd.message_type.name
+            if msg.endswith("Parameter"):
+                types[msg[: -len("Parameter")]] = fd.name
+    for type_, fname in _PARAM_OVERRIDES.items():
+        if fname in desc.fields_by_name:
+            types[type_] = fname
+    for type_ in _PARAMETERLESS[dialect]:
+        types.setdefault(type_, None)
+    return MappingProxyType(types)
+
+
+def param_field(layer_type: str, dialect: str | None = None) -> str:
+    """The LayerParameter field holding ``layer_type``'s parameters.
+
+    "Convolution" and "Deconvolution" -> "convolution_param", "InnerProduct" ->
+    "inner_product_param", "ReLU" -> "relu_param". Without ``dialect`` any
+    dialect's types are accepted. Raises MappingError for an unknown type or a
+    type without parameters.
+    """
+    for d in DIALECTS if dialect is None else (dialect,):
+        types = layer_types(d)
+        if layer_type in types:
+            if types[layer_type] is None:
+                raise MappingError(f"Caffe layer type {layer_type!r} takes no parameters")
+            return types[layer_type]
+    where = "any dialect" if dialect is None else f"the {dialect} dialect"
+    raise MappingError(f"unknown Caffe layer type {layer_type!r} in {where}")
+
+
+def to_net(layers, *, name: str, inputs: Mapping[str, tuple[int, ...]], dialect: str):
+    """Build the ``NetParameter`` of ``dialect`` for ``layers``.
+
+    Each entry of ``inputs`` (name -> shape) becomes an "Input" layer of that
+    name with one top of that name, in order, before ``layers``. Checks what
+    Caffe would abort on: duplicate layer names, a bottom no earlier layer
+    produced, a top produced twice (other than in place).
+    """
+    pb = module_for(dialect)
+    types = layer_types(dialect)
+    net = pb.NetParameter(name=name)
+    produced: set[str] = set()
+    names: set[str] = set()
+    for in_name, shape in inputs.items():
+        dims = list(shape)
+        if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims):
+            raise MappingError(f"input {in_name!r}: shape must be positive integers, got {tuple(shape)!r}")
+        _add_layer(net, Layer("Input", in_name, [], [in_name], {"shape": [{"dim": dims}]}),
+                   dialect, types, produced, names)
+    for layer in layers:
+        _add_layer(net, layer, dialect, types, produced, names)
+    return net
+
+
+def _add_layer(net, layer: Layer, dialect, types, produced: set, names: set) -> None:
+    ctx = f"layer {getattr(layer, 'name', '?')!r} ({getattr(layer, 'type', '?')})"
+    if not isinstance(layer, Layer):
+        raise MappingError(f"{ctx}: expected a netspec.Layer, got {type(layer).__name__}")
+    for attr in ("type", "name"):
+        if not isinstance(getattr(layer, attr), str) or not getattr(layer, attr):
+            raise MappingError(f"{ctx}: {attr} must be a non-empty string")
+    for attr in ("bottoms", "tops"):
+        blobs = getattr(layer, attr)
+        if not isinstance(blobs, (list, tuple)) or not all(isinstance(b, str) and b for b in blobs):
+            raise MappingError(f"{ctx}: {attr} must be a list of non-empty strings, got {blobs!r}")
+    if layer.type not in types:
+        raise MappingError(f"{ctx}: unknown layer type {layer.type!r} in the {dialect} dialect")
+    if layer.name in names:
+        raise MappingError(f"{ctx}: a layer named {layer.name!r} already exists")
+    for b in layer.bottoms:
+        if b not in produced:
+            raise MappingError(f"{ctx}: bottom {b!r} is not a top of any earlier layer")
+    for t in layer.tops:
+        if t in produced and t not in layer.bottoms:
+            raise MappingError(f"{ctx}: top {t!r} is already produced by an earlier layer")
+
+    lp = net.layer.add()
+    lp.name, lp.type = layer.name, layer.type
+    lp.bottom.extend(layer.bottoms)
+    lp.top.extend(layer.tops)
+    own = types[layer.type]
+    if layer.params:
+        if own is None:
+            raise MappingError(f"{ctx}: layer type {layer.type!r} takes no parameters, "
+                               f"got {sorted(layer.params)}")
+        sub = getattr(lp, own)
+        sub.SetInParent()
+        _fill(sub, layer.params, ctx, own, dialect)
+    elif not isinstance(layer.params, Mapping):
+        raise MappingError(f"{ctx}: params must be a dict, got {type(layer.params).__name__}")
+    if layer.extra:
+        for key in layer.extra:
+            if key in _STRUCTURAL or (own is not None and key == own):
+                raise MappingError(f"{ctx}: extra field {key!r} is set from the Layer itself, not extra")
+        _fill(lp, layer.extra, ctx, "", dialect)
+    for i, blob in enumerate(layer.blobs):
+        _add_blob(lp.blobs.add(), blob, f"{ctx}: blob {i}")
+    if not lp.IsInitialized():
+        missing = ", ".join(lp.FindInitializationErrors())
+        raise MappingError(f"{ctx}: required field(s) not set: {missing}")
+    names.add(layer.name)
+    produced.update(layer.tops)
+
+
+def _fill(msg, values, ctx: str, path: str, dialect: str) -> None:
+    """Set the fields of protobuf ``msg`` from the dict ``values`` (recursively)."""
+    desc = msg.DESCRIPTOR
+    if not isinstance(values, Mapping):
+        raise MappingError(f"{ctx}: {path or 'extra'} must be a dict of {desc.name} fields, "
+                           f"got {type(values).__name__}")
+    for key, value in values.items():
+        where = f"{path}.{key}" if path else str(key)
+        fd = desc.fields_by_name.get(key) if isinstance(key, str) else None
+        if fd is None:
+            known = ", ".join(sorted(desc.fields_by_name))
+            raise MappingError(f"{ctx}: unknown field {where!r}: {desc.name} in the {dialect} "
+                               f"dialect has {known}")
+        if value is None:
+            raise MappingError(f"{ctx}: field {where!r} is None; leave the field out instead")
+        is_msg = fd.cpp_type == _FD.CPPTYPE_MESSAGE
+        if _is_repeated(fd):
+            if isinstance(value, np.ndarray) and value.ndim == 1:
+                value = value.tolist()
+            if not isinstance(value, (list, tuple)):
+                raise MappingError(f"{ctx}: field {where!r} is repeated: give a list, "
+                                   f"got {type(value).__name__}")
+            container = getattr(msg, key)
+            if is_msg:
+                for i, item in enumerate(value):
+                    _fill(container.add(), item, ctx, f"{where}[{i}]", dialect)
+            else:
+                container.extend([_scalar(fd, v, ctx, f"{where}[{i}]") for i, v in enumerate(value)])
+        elif is_msg:
+            sub = getattr(msg, key)
+            sub.SetInParent()
+            _fill(sub, value, ctx, where, dialect)
+        else:
+            setattr(msg, key, _scalar(fd, value, ctx, where))
+
+
+def _is_repeated(fd) -> bool:
+    rep = getattr(fd, "is_repeated", None)  # protobuf >= 6 (where `label` is going away)
+    if isinstance(rep, bool):
+        return rep
+    return fd.label == _FD.LABEL_REPEATED
+
+
+def _scalar(fd, value, ctx: str, where: str):
+    """``value`` checked and converted for the singular field ``fd``."""
+    is_bool = isinstance(value, (bool, np.bool_))
+    is_int = isinstance(value, (int, np.integer)) and not is_bool
+    if fd.type == _FD.TYPE_ENUM:
+        enum = fd.enum_type
+        if isinstance(value, str) and value in enum.values_by_name:
+            return enum.values_by_name[value].number
+        if is_int and int(value) in enum.values_by_number:
+            return int(value)
+        allowed = ", ".join(f"{v.name}={v.number}" for v in enum.values)
+        raise MappingError(f"{ctx}: field {where!r}: {value!r} is not a {enum.name} value ({allowed})")
+    cpp = fd.cpp_type
+    if cpp == _FD.CPPTYPE_BOOL:
+        if is_bool:
+            return bool(value)
+        raise MappingError(f"{ctx}: field {where!r} is a bool, got {type(value).__name__} {value!r}")
+    if cpp in _INT_RANGES:
+        kind, lo, hi = _INT_RANGES[cpp]
+        if not is_int:
+            raise MappingError(f"{ctx}: field {where!r} is an {kind}, got {type(value).__name__} {value!r}")
+        if not lo <= int(value) <= hi:
+            raise MappingError(f"{ctx}: field {where!r}: {value} is out of range for {kind}")
+        return int(value)
+    if cpp in (_FD.CPPTYPE_FLOAT, _FD.CPPTYPE_DOUBLE):
+        if not (is_int or isinstance(value, (float, np.floating))):
+            raise MappingError(f"{ctx}: field {where!r} is a float, got {type(value).__name__} {value!r}")
+        f = float(value)
+        if cpp == _FD.CPPTYPE_FLOAT and math.isfinite(f) and abs(f) > _FLOAT32_MAX:
+            raise MappingError(f"{ctx}: field {where!r}: {value} is out of range for float32")
+        return f
+    if cpp == _FD.CPPTYPE_STRING and fd.type == _FD.TYPE_STRING:
+        if isinstance(value, str):
+            return value
+        raise MappingError(f"{ctx}: field {where!r} is a string, got {type(value).__name__} {value!r}")
+    raise MappingError(f"{ctx}: field {where!r} has a type tracecap does not set")
+
+
+def _add_blob(bp, blob, ctx: str) -> None:
+    """Fill BlobProto ``bp`` with ``blob``'s shape and float32 data.
+
+    The data goes in as one encoded packed field (tag, varint length, the
+    array's little-endian float32 bytes) parsed by protobuf in one call: the
+    element-wise ``data.extend`` path is two orders of magnitude slower.
+    """
+    try:
+        arr = np.asarray(blob)
+    except Exception as e:  # e.g. a tensor that requires grad
+        raise MappingError(f"{ctx}: cannot be read as an array: {e}") from e
+    if arr.dtype.kind not in "biuf":
+        raise MappingError(f"{ctx}: dtype {arr.dtype} cannot be stored in a Caffe blob (float32)")
+    arr = np.asarray(arr, dtype="<f4", order="C")  # keeps 0-d arrays 0-d
+    bp.shape.dim.extend(int(d) for d in arr.shape)
+    if arr.size:
+        arr = arr.reshape(-1)
+        bp.MergeFromString(b"".join((_DATA_TAG, encode_varint(arr.nbytes), memoryview(arr).cast("B"))))
+
+
+def encode_varint(value: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int."""
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
