@@ -372,10 +372,14 @@ def _power(ctx, bottom, power=1.0, scale=1.0, shift=0.0, top=None):
 
 
 def _with_tensor(ctx, kind, x, other, top=None):
-    """x (activation) combined with a tensor ``other`` by Scale (kind='mul') or Bias (kind='add')."""
+    """x (activation) combined with a broadcast tensor ``other`` (kind 'mul' or 'add').
+
+    Constants become Scale blobs (an add is Scale with ones and a bias: 1*x + b is exact).
+    Activations: mul is a two-bottom Scale; add of an N×C×1×1 operand spreads it over H×W with a
+    ones Deconvolution (exact) and adds with Eltwise - OpenCV has no Bias layer.
+    """
     top = top or ctx.top
     big = ctx.shape(x)
-    layer_type = "Scale" if kind == "mul" else "Bias"
     if other.is_constant:
         span = _broadcast_span(big, other.shape, keep_batch=False)
         value = ctx.array(other)
@@ -383,24 +387,36 @@ def _with_tensor(ctx, kind, x, other, top=None):
             return [_power(ctx, ctx.blob(x), **({"scale": float(value.reshape(-1)[0])} if kind == "mul"
                                                 else {"shift": float(value.reshape(-1)[0])}), top=top)]
         axis, dims = span
-        params = {"axis": axis, "num_axes": len(dims)}
-        if kind == "mul":
-            params["bias_term"] = False
-        return [ctx.layer(layer_type, [ctx.blob(x)], [top], params=params, blobs=[value.reshape(dims)])]
+        params = {"axis": axis, "num_axes": len(dims), "bias_term": kind == "add"}
+        blobs = [value.reshape(dims)] if kind == "mul" else [np.ones(dims, np.float32), value.reshape(dims)]
+        return [ctx.layer("Scale", [ctx.blob(x)], [top], params=params, blobs=blobs)]
     if ctx.shape(other) == big:
         op = "PROD" if kind == "mul" else "SUM"
         return [ctx.layer("Eltwise", [ctx.blob(x), ctx.blob(other)], [top], params={"operation": op})]
-    span = _broadcast_span(big, other.shape, keep_batch=True)
-    axis, dims = span
+    axis, dims = _broadcast_span(big, other.shape, keep_batch=True)
+    if kind == "add":
+        small = (1,) * (len(big) - len(other.shape)) + tuple(other.shape)
+        if len(big) != 4 or small[2:] != (1, 1) or small[:2] != big[:2]:
+            raise Unsupported(f"adding {tuple(other.shape)} to {big}: only N×C×1×1 operands broadcast exactly")
+        n, c, h, w = big
+        spread = ctx.tmp("spread")
+        layers = []
+        operand = ctx.blob(other)
+        if tuple(other.shape) != small:
+            operand = ctx.tmp("as4d")
+            layers.append(_reshape(ctx, ctx.blob(other), small, top=operand))
+        params = {"num_output": c, "bias_term": False, "kernel_h": h, "kernel_w": w, "group": c}
+        layers.append(ctx.layer("Deconvolution", [operand], [spread], params=params,
+                                blobs=[np.ones((c, 1, h, w), np.float32)]))
+        layers.append(ctx.layer("Eltwise", [ctx.blob(x), spread], [top], params={"operation": "SUM"}))
+        return layers
     layers = []
     operand = ctx.blob(other)
     if tuple(other.shape) != dims:
         operand = ctx.tmp("broadcast")
         layers.append(_reshape(ctx, ctx.blob(other), dims, top=operand))
-    params = {"axis": axis, "num_axes": len(dims)}
-    if kind == "mul":
-        params["bias_term"] = False
-    layers.append(ctx.layer(layer_type, [ctx.blob(x), operand], [top], params=params))
+    params = {"axis": axis, "num_axes": len(dims), "bias_term": False}
+    layers.append(ctx.layer("Scale", [ctx.blob(x), operand], [top], params=params))
     return layers
 
 
@@ -469,9 +485,8 @@ def div(node, ctx):
     if s is not None and _is_act(a):
         return [_power(ctx, ctx.blob(a), scale=1.0 / s)]
     sa = _scalar(a)
-    if sa is not None and _is_act(b):  # s / x
-        inv = ctx.tmp("reciprocal")
-        return [_power(ctx, ctx.blob(b), power=-1.0, top=inv), _power(ctx, inv, scale=sa)]
+    if sa is not None and _is_act(b):  # s / x == (x / s) ** -1, one layer (OpenCV mis-fuses Power(-1) + Power)
+        return [_power(ctx, ctx.blob(b), power=-1.0, scale=1.0 / sa)]
     if _is_act(a) and isinstance(b, Blob) and b.is_constant:
         recip = Blob(b.name, "const", b.shape, b.dtype, value=1.0 / b.value.float())
         return _with_tensor(ctx, "mul", a, recip)
