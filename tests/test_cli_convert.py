@@ -1,0 +1,71 @@
+"""`tracecap convert` end to end, through the installed console script."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tracecap import cli
+
+
+def _tracecap(*args, cwd=None):
+    exe = shutil.which("tracecap") or None
+    cmd = [exe] if exe else [sys.executable, "-m", "tracecap"]
+    return subprocess.run(cmd + list(args), capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_convert_bundled_model_with_verify(tmp_path):
+    r = _tracecap("convert", "lenet", "--dialect", "opencv", "--verify", "-o", str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "[1/4] loading model lenet" in r.stderr and "[4/4] verifying on opencv" in r.stderr
+    summary = json.loads((tmp_path / "lenet.json").read_text())
+    assert summary["inputs"] == {"x": [1, 3, 32, 32]}
+    assert summary["verify"]["opencv"]["ok"] and summary["verify"]["opencv"]["max_abs_diff"] < 1e-4
+    assert (tmp_path / "lenet.prototxt").read_text().count("layer {") == summary["ops"] + 1  # + the Input layer
+    assert (tmp_path / "lenet.caffemodel").stat().st_size > 200_000  # 62k float32 weights
+
+
+def test_convert_model_from_a_file(tmp_path):
+    (tmp_path / "mynet.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 4, 3)
+            def forward(self, x):
+                return self.conv(x).relu()
+    """))
+    rc = cli.main(["convert", f"{tmp_path / 'mynet.py'}:Net", "--input", "1x3x8x8", "-o", str(tmp_path / "out"),
+                   "--quiet"])
+    assert rc == 0
+    text = (tmp_path / "out" / "net.prototxt").read_text()
+    assert 'type: "Convolution"' in text and 'type: "ReLU"' in text
+
+
+def test_convert_unsupported_op_exits_2_naming_the_source(tmp_path, capsys):
+    (tmp_path / "bad.py").write_text(textwrap.dedent("""
+        import torch, torch.nn as nn
+        class Net(nn.Module):
+            def forward(self, x):
+                return torch.erf(x)
+    """))
+    rc = cli.main(["convert", f"{tmp_path / 'bad.py'}:Net", "--input", "1x3x4x4", "-o", str(tmp_path / "out"),
+                   "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "no Caffe mapping for `erf`" in err and "bad.py:5" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "net.prototxt").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["convert", "nosuch"], "unknown model 'nosuch'"),
+    (["convert", "lenet", "--input", "1xAx3"], "expected dimensions like 1x3x224x224"),
+    (["convert", "missing_file.py:Net", "--input", "1x3"], "model file not found"),
+    (["convert", "lenet", "--dialect", "bvlc", "--verify"], "no runtime reads the bvlc dialect"),
+])
+def test_convert_bad_arguments(args, message, tmp_path, capsys):
+    rc = cli.main(args + ["-o", str(tmp_path), "--quiet"])
+    assert rc == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,136 @@
+"""`tracecap convert`: resolve a model spec, capture it, write Caffe files, verify on real runtimes.
+
+A SPEC is a bundled legacy model name (``resnet18``), ``pkg.module:factory``
+or ``path/to/file.py:ClassOrFactory``. Loading a module or file runs that
+code - it is the user's own model definition, named explicitly on the command
+line; checkpoints are never executed (see tracecap.checkpoint).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from tracecap.errors import TracecapError
+
+
+class ConvertError(TracecapError):
+    """The convert command could not resolve or run its arguments."""
+
+
+def parse_shape(text):
+    """'1x3x224x224' -> (1, 3, 224, 224)."""
+    try:
+        dims = tuple(int(d) for d in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise ConvertError(f"--input {text!r}: expected dimensions like 1x3x224x224") from None
+    if not dims or any(d <= 0 for d in dims):
+        raise ConvertError(f"--input {text!r}: dimensions must be positive")
+    return dims
+
+
+def resolve_model(spec):
+    """Return (model, default input shape or None, short name)."""
+    from tracecap import legacy_models as zoo
+    if spec in zoo.NAMES:
+        return zoo.build(spec, seed=0), zoo.input_shape(spec), spec
+    if ":" not in spec:
+        raise ConvertError(f"unknown model {spec!r}: use a bundled name ({', '.join(zoo.NAMES)}), "
+                           f"pkg.module:factory or path/file.py:Class")
+    where, attr = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        if not os.path.isfile(where):
+            raise ConvertError(f"model file not found: {where}")
+        mod_name = "tracecap_user_" + os.path.splitext(os.path.basename(where))[0]
+        loader_spec = importlib.util.spec_from_file_location(mod_name, where)
+        module = importlib.util.module_from_spec(loader_spec)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(where)))
+        try:
+            loader_spec.loader.exec_module(module)
+        finally:
+            sys.path.pop(0)
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ConvertError(f"cannot import {where!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise ConvertError(f"{where} has no attribute {attr!r}")
+    model = factory()
+    if not isinstance(model, torch.nn.Module):
+        raise ConvertError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model, None, attr.lower()
+
+
+def _step(n, total, text, quiet):
+    if not quiet:
+        print(f"[{n}/{total}] {text}", file=sys.stderr, flush=True)
+
+
+def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False):
+    """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json)."""
+    from tracecap import capture, runtimes
+    from tracecap.mappers import caffe
+
+    total = 4 if verify else 3
+    t0 = time.perf_counter()
+    _step(1, total, f"loading model {spec}", quiet)
+    model, default_shape, short = resolve_model(spec)
+    name = name or short
+    model.eval()
+    if not shapes:
+        if default_shape is None:
+            raise ConvertError("give the input shape(s) with --input, e.g. --input 1x3x224x224")
+        shapes = [tuple(default_shape)]
+    gen = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(s, generator=gen) for s in shapes]
+
+    _step(2, total, f"capturing forward on input(s) {', '.join('x'.join(map(str, s)) for s in shapes)}", quiet)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        reference = model(*inputs)
+        with capture() as cap:
+            model(*inputs)
+    graph = cap.graph
+    refs = reference if isinstance(reference, (list, tuple)) else [reference]
+
+    os.makedirs(outdir, exist_ok=True)
+    proto = os.path.join(outdir, f"{name}.prototxt")
+    weights = os.path.join(outdir, f"{name}.caffemodel")
+    _step(3, total, f"writing {proto} and {weights} ({dialect} dialect, {len(graph.nodes)} ops)", quiet)
+    caffe.save(graph, proto, weights, dialect=dialect)
+    summary = {"model": spec, "dialect": dialect, "prototxt": proto, "caffemodel": weights,
+               "inputs": {b.name: list(b.shape) for b in graph.inputs},
+               "outputs": [b.name for b in graph.outputs], "ops": len(graph.nodes), "verify": {}}
+    if verify:
+        avail = runtimes.available()
+        usable = avail if dialect == "opencv" else []  # both runtimes here parse pooling ceil_mode
+        if not usable:
+            raise ConvertError(f"--verify: no runtime reads the {dialect} dialect here (available: "
+                               f"{', '.join(avail) or 'none'}); OpenCV and brocolli-caffe read --dialect opencv")
+        _step(4, total, f"verifying on {', '.join(usable)}", quiet)
+        feed = {b.name: x.numpy() for b, x in zip(graph.inputs, inputs)}
+        for rt in usable:
+            got = runtimes.run(proto, weights, feed, runtime=rt, blobs=summary["outputs"])
+            worst = 0.0
+            ok = True
+            for bname, ref in zip(summary["outputs"], refs):
+                ref = ref.detach().numpy()
+                diff = float(np.abs(got[bname].reshape(ref.shape) - ref).max())
+                worst = max(worst, diff)
+                ok = ok and diff <= 1e-4 * max(1.0, float(np.abs(ref).max()))
+            summary["verify"][rt] = {"max_abs_diff": worst, "ok": ok}
+            if not quiet:
+                print(f"      {rt}: max abs diff {worst:.3g} {'ok' if ok else 'TOO LARGE'}", file=sys.stderr)
+    summary["seconds"] = round(time.perf_counter() - t0, 3)
+    with open(os.path.join(outdir, f"{name}.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
