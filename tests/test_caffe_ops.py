@@ -56,6 +56,10 @@ CASES = [
     ("conv_depthwise", _seq(nn.Conv2d(8, 8, 3, padding=1, groups=8)), (X,), {"Convolution"}),
     ("conv_grouped_dilated", _seq(nn.Conv2d(8, 4, 3, padding=2, dilation=2, groups=2)), (X,), {"Convolution"}),
     ("deconv", _seq(nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)), (X,), {"Deconvolution"}),
+    ("deconv_output_padding", _seq(nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)), (X,),
+     {"Deconvolution", "Slice", "Silence"}),
+    ("deconv_output_padding_rect", _seq(nn.ConvTranspose2d(8, 4, (3, 4), stride=(2, 3), padding=(1, 2),
+                                                          output_padding=(1, 0))), (X,), {"Deconvolution", "Slice"}),
     ("deconv_grouped", _seq(nn.ConvTranspose2d(8, 4, 3, stride=1, padding=1, groups=2, bias=False)), (X,),
      {"Deconvolution"}),
     ("linear_after_flatten", _seq(nn.Flatten(), nn.Linear(8 * 144, 7)), (X,), {"Flatten", "InnerProduct"}),
@@ -145,7 +149,7 @@ def test_op_on_runtime(case, runtime, tmp_path):
 class Unconvertible(nn.Module):
     def __init__(self):
         super().__init__()
-        self.up = nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1)
+        self.up = nn.ConvTranspose2d(4, 4, 3, stride=2, padding=0, output_padding=1)
 
     def forward(self, x):
         y = self.up(x)

@@ -98,22 +98,34 @@ def conv2d(node, ctx):
 
 @register("conv_transpose2d")
 def conv_transpose2d(node, ctx):
+    """Deconvolution; output_padding = the full (pad 0) output cropped to PyTorch's window by Slices."""
     p = node.params
     weight = ctx.array(p["weight"])  # (in, out/groups, kh, kw) - the same layout Caffe's Deconvolution uses
     groups = int(p["groups"])
-    if pair(p["output_padding"], "output_padding") != (0, 0):
-        ctx.unsupported("output_padding != 0: Caffe's Deconvolution has no output_padding "
-                        "(its output size is stride*(in-1) + dilation*(k-1) + 1 - 2*pad)")
     dil = pair(p["dilation"], "dilation")
+    pad, extra = pair(p["padding"], "padding"), pair(p["output_padding"], "output_padding")
+    if any(e > q for e, q in zip(extra, pad)):
+        ctx.unsupported(f"output_padding {extra} larger than padding {pad}: the extra rows lie outside "
+                        f"what Caffe's Deconvolution computes")
+    cropped = extra != (0, 0)
     params = {"num_output": weight.shape[1] * groups, "bias_term": p["bias"] is not None,
               **_conv_spatial({"kernel": tuple(weight.shape[2:]), "stride": pair(p["stride"], "stride"),
-                               "pad": pair(p["padding"], "padding")})}
+                               "pad": (0, 0) if cropped else pad})}
     if groups != 1:
         params["group"] = groups
     if dil != (1, 1):
         params["dilation"] = [dil[0]] if dil[0] == dil[1] else list(dil)
     blobs = [weight] + ([ctx.array(p["bias"])] if p["bias"] is not None else [])
-    return [ctx.layer("Deconvolution", [ctx.blob(p["input"])], params=params, blobs=blobs)]
+    if not cropped:
+        return [ctx.layer("Deconvolution", [ctx.blob(p["input"])], params=params, blobs=blobs)]
+    n, c, h, w = ctx.in_shape()
+    stride = pair(p["stride"], "stride")
+    full = tuple((size - 1) * st + d * (k - 1) + 1 for size, st, d, k in zip((h, w), stride, dil, weight.shape[2:]))
+    oh, ow = ctx.out_shape()[2:]
+    deconv = ctx.tmp("full")
+    layers = [ctx.layer("Deconvolution", [ctx.blob(p["input"])], [deconv], params=params, blobs=blobs)]
+    cuts = [(2, pad[0], pad[0] + oh), (3, pad[1], pad[1] + ow)]
+    return layers + _crop(ctx, deconv, (n, c) + full, cuts, ctx.top)
 
 
 @register("linear")
@@ -584,6 +596,18 @@ def _slice(ctx, bottom, axis, size, start, stop, keep_top, silence):
     return [layer], kept
 
 
+def _crop(ctx, bottom, shape, cuts, top):
+    """Keep [start, stop) on each (axis, start, stop) by chained Slices; the last writes ``top``."""
+    cuts = [(ax, lo, hi) for ax, lo, hi in cuts if (lo, hi) != (0, shape[ax])]
+    if not cuts:
+        raise Unsupported("internal: empty crop")
+    layers, silence, cur = [], [], bottom
+    for n, (ax, lo, hi) in enumerate(cuts):
+        new, cur = _slice(ctx, cur, ax, shape[ax], lo, hi, top if n == len(cuts) - 1 else ctx.tmp("part"), silence)
+        layers += new
+    return layers + _silence(ctx, silence)
+
+
 def _silence(ctx, blobs):
     if not blobs:
         return []
@@ -622,15 +646,12 @@ def getitem(node, ctx):
             if (start, stop) != (0, size):
                 cuts.append((axis, start, stop))
         axis += 1
-    layers, silence, cur = [], [], ctx.blob(node.params["input"])
-    needs_reshape = any(isinstance(i, int) or i is None for i in index)
-    for n, (ax, start, stop) in enumerate(cuts):
-        last = n == len(cuts) - 1 and not needs_reshape
-        new, cur = _slice(ctx, cur, ax, shape[ax], start, stop, ctx.top if last else ctx.tmp("part"), silence)
-        layers += new
-    if needs_reshape or not layers:
-        layers.append(_reshape(ctx, cur, ctx.out_shape(), top=ctx.top))
-    return layers + _silence(ctx, silence)
+    if not any(isinstance(i, int) or i is None for i in index) and cuts:
+        return _crop(ctx, ctx.blob(node.params["input"]), shape, cuts, ctx.top)
+    part = ctx.tmp("part")
+    layers = _crop(ctx, ctx.blob(node.params["input"]), shape, cuts, part) if cuts else []
+    source = part if cuts else ctx.blob(node.params["input"])
+    return layers + [_reshape(ctx, source, ctx.out_shape(), top=ctx.top)]
 
 
 @register("chunk", "split")
