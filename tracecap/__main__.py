@@ -1,0 +1,2 @@
+from tracecap.cli import main
+raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""The ``tracecap`` command line.
+
+Subcommands live in one table, ``COMMANDS``; ``register`` adds one (``convert`` and ``verify``
+plug in the same way as ``inspect``).  Any ``TracecapError`` becomes ``tracecap: error: <message>``
+on stderr and exit status 2 — users see the reason, not a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from tracecap.errors import TracecapError
+
+
+@dataclass
+class Command:
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict = {}
+
+
+def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser], None]):
+    """Decorator: ``run(args) -> exit status`` becomes subcommand ``name``; ``configure`` adds its options."""
+    def wrap(run):
+        COMMANDS[name] = Command(help, configure, run)
+        return run
+    return wrap
+
+
+def _inspect_options(parser):
+    parser.add_argument("file", help="checkpoint file (.pt, .pth, .pth.tar, .t7, ...)")
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+@register("inspect", "show what a checkpoint file holds (format, tensors, module tree)", _inspect_options)
+def _run_inspect(args) -> int:
+    from tracecap.checkpoint import inspect_checkpoint
+    from tracecap.checkpoint.inspect import format_inspection
+
+    report = inspect_checkpoint(args.file)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(format_inspection(report))
+    return 0
+
+
+def _convert_options(parser):
+    parser.add_argument("spec", help="bundled model name (e.g. resnet18), pkg.module:factory or file.py:Class")
+    parser.add_argument("--input", action="append", default=[], metavar="NxCxHxW",
+                        help="input shape; repeat for several inputs (bundled models know theirs)")
+    parser.add_argument("-o", "--outdir", default=".", help="where NAME.prototxt/.caffemodel/.json go")
+    parser.add_argument("--dialect", choices=("bvlc", "opencv"), default="bvlc",
+                        help="bvlc: BVLC master caffe.proto; opencv: OpenCV 4.x / SSD-style forks")
+    parser.add_argument("--verify", action="store_true",
+                        help="run the result on every available real runtime and compare with PyTorch")
+    parser.add_argument("--name", help="output file stem (default: the model name)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random example input")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+@register("convert", "capture a PyTorch model and write Caffe .prototxt + .caffemodel", _convert_options)
+def _run_convert(args) -> int:
+    from tracecap.convert import convert, parse_shape
+
+    summary = convert(args.spec, [parse_shape(s) for s in args.input], args.outdir, dialect=args.dialect,
+                      verify=args.verify, seed=args.seed, name=args.name, quiet=args.quiet)
+    print(f"{summary['prototxt']}\n{summary['caffemodel']}")
+    return 0 if all(v["ok"] for v in summary["verify"].values()) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tracecap", description="Convert PyTorch models to Caffe.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, cmd in COMMANDS.items():
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        cmd.configure(p)
+        p.set_defaults(_run=cmd.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args._run(args) or 0
+    except TracecapError as exc:
+        print(f"tracecap: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`: not an error worth a traceback
+        sys.stdout = None
+        return 0
