@@ -69,3 +69,22 @@ def test_convert_bad_arguments(args, message, tmp_path, capsys):
     rc = cli.main(args + ["-o", str(tmp_path), "--quiet"])
     assert rc == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dialect", ["bvlc", "opencv"])
+def test_inspect_caffe_files_tells_the_dialect(dialect, tmp_path, capsys):
+    assert cli.main(["convert", "lenet", "--dialect", dialect, "-o", str(tmp_path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["inspect", str(tmp_path / "lenet.prototxt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["dialect"] == dialect and report["layers"][0]["type"] == "Input"
+    assert [l["type"] for l in report["layers"]].count("Pooling") == 2
+    assert cli.main(["inspect", str(tmp_path / "lenet.caffemodel")]) == 0
+    out = capsys.readouterr().out
+    assert "62,006 parameters" in out and "6x3x5x5" in out
+
+
+def test_inspect_garbage_prototxt_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "bad.prototxt").write_text("layer { nonsense: 1 }")
+    assert cli.main(["inspect", str(tmp_path / "bad.prototxt")]) == 2
+    assert "not a Caffe prototxt in any of bvlc, opencv" in capsys.readouterr().err

@@ -34,12 +34,18 @@ def register(name: str, help: str, configure: Callable[[argparse.ArgumentParser]
 
 
 def _inspect_options(parser):
-    parser.add_argument("file", help="checkpoint file (.pt, .pth, .pth.tar, .t7, ...)")
+    parser.add_argument("file", help="checkpoint (.pt, .pth, .pth.tar, .t7, ...), .prototxt or .caffemodel")
     parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
-@register("inspect", "show what a checkpoint file holds (format, tensors, module tree)", _inspect_options)
+@register("inspect", "show what a checkpoint or Caffe file holds (format, tensors/layers, module tree)",
+          _inspect_options)
 def _run_inspect(args) -> int:
+    if args.file.endswith((".prototxt", ".caffemodel")):
+        from tracecap.mappers.caffe.inspect import format_caffe, inspect_caffe
+        report = inspect_caffe(args.file)
+        print(json.dumps(report, indent=2) if args.json else format_caffe(report))
+        return 0
     from tracecap.checkpoint import inspect_checkpoint
     from tracecap.checkpoint.inspect import format_inspection
 
