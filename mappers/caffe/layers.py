@@ -211,8 +211,11 @@ def elu(node, ctx):
 @register("prelu")
 def prelu(node, ctx):
     weight = ctx.array(node.params["weight"]).reshape(-1)
-    params = {"channel_shared": True} if weight.size == 1 else {}
-    return [ctx.layer("PReLU", [ctx.blob(node.params["input"])], params=params, blobs=[weight])]
+    if weight.size == 1:
+        # A shared slope is written per channel: Caffe wants a channel_shared slope as a 0-d blob,
+        # which OpenCV cannot read, and refuses shape (1,). Repeating it is exact in both.
+        weight = np.repeat(weight, ctx.in_shape()[1] if len(ctx.in_shape()) > 1 else 1)
+    return [ctx.layer("PReLU", [ctx.blob(node.params["input"])], blobs=[weight])]
 
 
 @register("sigmoid")
