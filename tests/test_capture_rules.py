@@ -118,11 +118,27 @@ def test_nested_capture_is_a_clear_error():
     assert _mode_depth() == 0
 
 
-def test_training_mode_warns():
+def test_training_mode_warns_only_where_it_matters():
     model = nn.Sequential(nn.BatchNorm2d(3))
+    x = torch.randn(2, 3, 4, 4)
     with pytest.warns(UserWarning, match="training mode"):
         with tracecap.capture():
-            model(torch.randn(2, 3, 4, 4))
+            model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with tracecap.capture():
+            nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())(x)   # same in train() and eval()
+
+
+def test_training_dropout_is_refused_by_the_mapper():
+    from tracecap.mappers import caffe
+    model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.Dropout(0.5))
+    x = torch.randn(1, 3, 4, 4)
+    with pytest.warns(UserWarning, match="Sequential captured in training mode"):
+        with tracecap.capture() as cap:
+            model(x)
+    with pytest.raises(tracecap.UnsupportedOpError, match="dropout with training=True"):
+        caffe.to_net(cap.graph, "opencv")
 
 
 def test_id_reuse_stress_thousands_of_temporaries():

@@ -24,6 +24,9 @@ import torch
 from tracecap.surfacer import OP_CODE
 
 _MODULE_CALL_CODE = torch.nn.Module._call_impl.__code__
+# modules whose forward differs between train() and eval(): worth a warning when captured in training mode
+_TRAIN_SENSITIVE = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.modules.dropout._DropoutNd,
+                    torch.nn.modules.instancenorm._InstanceNorm)
 _TORCH_DIR = os.path.dirname(torch.__file__) + os.sep
 _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _STDLIB_DIRS = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")})
@@ -239,7 +242,7 @@ class Recorder:
         if not self._scopes and key not in self.module_names:
             for name, m in module.named_modules():
                 self.module_names.setdefault(id(m), name)
-            if module.training:
+            if module.training and any(isinstance(m, _TRAIN_SENSITIVE) for m in module.modules()):
                 self.training_modules.append(type(module).__name__)
         path = self.module_names.get(key)
         if path is None:  # a module outside the root's tree: name it under the current scope

@@ -527,6 +527,13 @@ def maximum(node, ctx):
     return [ctx.layer("Eltwise", [ctx.blob(a), ctx.blob(b)], params={"operation": "MAX"})]
 
 
+@register("dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout")
+def dropout(node, ctx):
+    """Eval-mode dropout never reaches the mapper (passes remove it); training-mode dropout is random."""
+    ctx.unsupported("dropout with training=True is random at inference; call model.eval() (or pass "
+                    "training=self.training) before capturing")
+
+
 @register("cat")
 def cat(node, ctx):
     tensors = node.params["tensors"]
