@@ -65,6 +65,17 @@ def _tensors(obj, out):
     return out
 
 
+_CONTAINERS = (list, tuple, dict)
+
+
+def _snapshot_args(args):
+    """Fast path of _snapshot for an op's positional args: most hold no containers at all."""
+    for a in args:
+        if isinstance(a, _CONTAINERS):
+            return _snapshot(args)
+    return args
+
+
 def _snapshot(obj):
     """Copy containers so a list appended to after the call (DenseNet's feature list) keeps its value."""
     if isinstance(obj, list):
@@ -81,6 +92,13 @@ def _version(t):
         return t._version
     except RuntimeError:  # inference tensors carry no version counter
         return None
+
+
+def _versions(tensors):
+    try:
+        return [t._version for t in tensors]
+    except RuntimeError:  # some inference tensor among them: ask one by one
+        return [_version(t) for t in tensors]
 
 
 class OpEvent:
@@ -101,9 +119,13 @@ class OpEvent:
         "scope",     # module path of the innermost module running ("" at top level)
         "call",      # which call of a module (a counter), to tell reused modules' calls apart
         "module",    # class name of that module (or None)
-        "source",    # "file:line" of the user's code that made the call
+        "where",     # (filename, line) of the user's code that made the call; .source formats it
         "outer",     # True when called directly from the with-block
     )
+
+    @property
+    def source(self):
+        return f"{self.where[0]}:{self.where[1]}"
 
     def __repr__(self):
         return f"<OpEvent #{self.index} {getattr(self.func, '__name__', self.func)} @ {self.source}>"
@@ -137,15 +159,18 @@ class Recorder:
         self.internal_errors = []
         self._scopes = []          # stack of (path, class name, call counter)
         self._calls = 0
+        self._registered = set()   # ids of modules whose parameters are already named
         self._pending = []         # OpEvents awaiting their 'return'
         self._outer_pending = []   # OuterCalls awaiting their 'return'
         self._prev = None
         self._installed = None
+        self._lines_off = True
 
     # ---- mechanics -------------------------------------------------------------------
     def install(self):
         self._prev = sys.gettrace()
         self._installed = self._dispatch if self._prev is None else self._chained
+        self._lines_off = self._prev is None  # a chained tracer (coverage, pdb) may need line events
         sys.settrace(self._installed)
 
     def uninstall(self):
@@ -202,17 +227,18 @@ class Recorder:
         ev = OpEvent()
         ev.index = len(self.events)
         ev.func = loc["func"]
-        ev.args = _snapshot(loc.get("args") or ())
-        ev.kwargs = _snapshot(loc.get("kwargs") or {})
+        ev.args = _snapshot_args(loc.get("args") or ())
+        kwargs = loc.get("kwargs")
+        ev.kwargs = _snapshot(kwargs) if kwargs else {}
         ev.inputs = _tensors(ev.kwargs, _tensors(ev.args, []))
-        ev.in_versions = [_version(t) for t in ev.inputs]
+        ev.in_versions = _versions(ev.inputs)
         if self._scopes:
             ev.scope, ev.module, ev.call = self._scopes[-1]
         else:
             ev.scope, ev.module, ev.call = "", None, 0
-        ev.source = f"{user.f_code.co_filename}:{user.f_lineno}"
+        ev.where = (user.f_code.co_filename, user.f_lineno)
         ev.outer = frame.f_back is self.block_frame
-        if self._installed == self._dispatch:
+        if self._lines_off:
             frame.f_trace_lines = False
         self._pending.append(ev)
         return self._op_local
@@ -223,10 +249,11 @@ class Recorder:
                 ev = self._pending.pop()
                 ev.result = arg
                 ev.outputs = _tensors(arg, [])
-                ev.after_versions = [_version(t) for t in ev.inputs]
+                ev.after_versions = _versions(ev.inputs)
                 # a factory (zeros, arange...): keep its value as created, in case it is later written in place
                 ev.values = [t.detach().clone() for t in ev.outputs] if not ev.inputs else None
-                ev.out_info = [(tuple(t.shape), t.dtype, _version(t)) for t in ev.outputs]
+                outs = ev.outputs
+                ev.out_info = list(zip([t.shape for t in outs], [t.dtype for t in outs], _versions(outs)))
                 if ev.outer:
                     self._finish_outer(arg)
                 self.events.append(ev)
@@ -249,15 +276,17 @@ class Recorder:
             parent = self._scopes[-1][0] if self._scopes else ""
             path = f"{parent}.{type(module).__name__}" if parent else type(module).__name__
             self.module_names[key] = path
-        prefix = path + "." if path else ""
-        for store in (module._parameters, module._buffers):
-            for pname, p in store.items():
-                if p is not None and id(p) not in self.param_names:
-                    self.param_names[id(p)] = prefix + pname
-                    self.param_refs.append(p)
+        if key not in self._registered:  # parameters/buffers get their dotted names once per module
+            self._registered.add(key)
+            prefix = path + "." if path else ""
+            for store in (module._parameters, module._buffers):
+                for pname, p in store.items():
+                    if p is not None and id(p) not in self.param_names:
+                        self.param_names[id(p)] = prefix + pname
+                        self.param_refs.append(p)
         self._calls += 1
         self._scopes.append((path, type(module).__name__, self._calls))
-        if self._installed == self._dispatch:
+        if self._lines_off:
             frame.f_trace_lines = False
         return self._scope_local
 
@@ -278,7 +307,7 @@ class Recorder:
             arguments = [(name, loc[name]) for name in code.co_varnames[:n] if name in loc and name != "self"]
         self.outer_calls.append(OuterCall(code.co_name, _snapshot(arguments), is_module))
         self._outer_pending.append(self.outer_calls[-1])
-        if self._installed == self._dispatch:
+        if self._lines_off:
             frame.f_trace_lines = False
         return self._outer_local
 
