@@ -55,6 +55,8 @@ CASES = [
      {"Convolution"}),
     ("conv_depthwise", _seq(nn.Conv2d(8, 8, 3, padding=1, groups=8)), (X,), {"Convolution"}),
     ("conv_grouped_dilated", _seq(nn.Conv2d(8, 4, 3, padding=2, dilation=2, groups=2)), (X,), {"Convolution"}),
+    ("zeropad_folded_into_conv", _seq(nn.ZeroPad2d((2, 2, 1, 1)), nn.Conv2d(8, 4, 3, padding=1)), (X,),
+     {"Convolution"}),
     ("deconv", _seq(nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)), (X,), {"Deconvolution"}),
     ("deconv_output_padding", _seq(nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1, output_padding=1)), (X,),
      {"Deconvolution", "Slice", "Silence"}),
@@ -168,6 +170,20 @@ def test_unsupported_ops_are_all_reported_with_locations(tmp_path):
     assert msg.count("test_caffe_ops.py:") == 3
     assert len(info.value.problems) == 3
     assert not list(tmp_path.iterdir()), "nothing may be written when conversion fails"
+
+
+def test_zero_pad_folds_into_the_convolution():
+    graph, _ = capture(_seq(nn.ZeroPad2d((2, 2, 1, 1)), nn.Conv2d(8, 4, 3, padding=1)), X)
+    net = caffe.to_net(graph, "opencv")
+    assert [l.type for l in net.layer] == ["Input", "Convolution"]
+    conv = net.layer[1].convolution_param
+    assert (conv.pad_h, conv.pad_w) == (2, 3) and net.layer[1].bottom == ["x"]
+
+
+def test_pad_that_cannot_fold_is_refused():
+    graph, _ = capture(Lambda(lambda x: F.pad(x, (0, 1, 0, 1)).sigmoid()), X)
+    with pytest.raises(tracecap.UnsupportedOpError, match=r"pad \(0, 1, 0, 1\) \(constant\): Caffe has no padding"):
+        caffe.to_net(graph, "opencv")
 
 
 def test_pooling_shape_mismatch_is_resolved_by_rounding_mode(tmp_path):

@@ -67,6 +67,31 @@ def _is_act(v):
 
 
 # ---------------------------------------------------------------------------- convolution, linear
+def _foldable_pad(blob):
+    """(pad input, (top, left)) when ``blob`` is a symmetric zero pad read only by convolutions."""
+    node = blob.producer if isinstance(blob, Blob) else None
+    if node is None or node.op != "pad":
+        return None
+    p = node.params
+    pads = tuple(p["pad"])
+    if p["mode"] != "constant" or (p["value"] or 0) != 0 or len(pads) != 4 or min(pads) < 0:
+        return None
+    left, right, top, bottom = pads
+    if left != right or top != bottom or blob in node.graph.outputs:
+        return None
+    if not all(u.op == "conv2d" and u.params["input"] is blob for u in blob.users):
+        return None
+    return p["input"], (top, left)
+
+
+@register("pad")
+def pad(node, ctx):
+    if _foldable_pad(node.tops[0]) is not None:
+        return []  # each reading Convolution pads by itself
+    ctx.unsupported(f"pad {tuple(node.params['pad'])} ({node.params['mode']}): Caffe has no padding layer; "
+                    f"only a symmetric zero pad read by convolutions is folded into them")
+
+
 @register("conv2d")
 def conv2d(node, ctx):
     p = node.params
@@ -85,15 +110,20 @@ def conv2d(node, ctx):
                 ctx.unsupported("padding='same' with an even kernel pads asymmetrically; Caffe pads symmetrically")
             padding = (eff[0] // 2, eff[1] // 2)
     groups = int(p["groups"])
+    padding = pair(padding, "padding")
+    source = p["input"]
+    folded = _foldable_pad(source)
+    if folded is not None:  # ZeroPad2d / F.pad before the convolution: one Convolution with more padding
+        source, (pt, pl) = folded
+        padding = (padding[0] + pt, padding[1] + pl)
     params = {"num_output": weight.shape[0], "bias_term": p["bias"] is not None,
-              **_conv_spatial({"kernel": (kh, kw), "stride": pair(p["stride"], "stride"),
-                               "pad": pair(padding, "padding")})}
+              **_conv_spatial({"kernel": (kh, kw), "stride": pair(p["stride"], "stride"), "pad": padding})}
     if groups != 1:
         params["group"] = groups
     if dil != (1, 1):
         params["dilation"] = [dil[0]] if dil[0] == dil[1] else list(dil)
     blobs = [weight] + ([ctx.array(p["bias"])] if p["bias"] is not None else [])
-    return [ctx.layer("Convolution", [ctx.blob(p["input"])], params=params, blobs=blobs)]
+    return [ctx.layer("Convolution", [ctx.blob(source)], params=params, blobs=blobs)]
 
 
 @register("conv_transpose2d")
