@@ -177,7 +177,7 @@ def test_zero_pad_folds_into_the_convolution():
     net = caffe.to_net(graph, "opencv")
     assert [l.type for l in net.layer] == ["Input", "Convolution"]
     conv = net.layer[1].convolution_param
-    assert (conv.pad_h, conv.pad_w) == (2, 3) and net.layer[1].bottom == ["x"]
+    assert (conv.pad_h, conv.pad_w) == (2, 3) and net.layer[1].bottom == [graph.inputs[0].name]
 
 
 def test_pad_that_cannot_fold_is_refused():
