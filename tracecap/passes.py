@@ -6,6 +6,7 @@ from tracecap.ops import IDENTITY_OPS
 
 _DROPOUTS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"})
 _CASTS = frozenset({"float", "to", "type_as", "double", "half", "type", "expand_as", "expand"})
+_RESHAPES = frozenset({"view", "reshape", "flatten", "view_as", "reshape_as"})
 
 
 def _data_input(node):
@@ -23,9 +24,8 @@ def is_identity(node):
         return True
     if node.op in _DROPOUTS:
         return not node.params.get("training", False)
-    if node.op in _CASTS or node.op in ("view", "reshape", "flatten", "view_as", "reshape_as"):
-        return top.shape == src.shape and top.dtype == src.dtype and node.op not in ("expand",) or (
-            node.op == "expand" and top.shape == src.shape)
+    if node.op in _CASTS or node.op in _RESHAPES:
+        return top.shape == src.shape and top.dtype == src.dtype
     return False
 
 
