@@ -48,6 +48,7 @@ from .shufflenet_v2 import shufflenet_v2
 from .se_resnet import se_resnet
 from .lenet import lenet
 from .fcn_upsample import fcn_upsample
+from .cifar_resnet import cifar_resnet20
 
 __all__ = ['NAMES', 'build', 'get_factory', 'input_shape', 'example_input',
            'describe', 'init_weights', 'calibrate_batchnorm']
@@ -89,6 +90,8 @@ _REGISTRY = OrderedDict([
                'LeNet-5 for 32x32 (CIFAR-style) input; tiny quick example')),
     ('fcn_upsample', (fcn_upsample, _rgb(128),
                       'small FCN, F.upsample nearest x2 + cat skip + add; output at H/2')),
+    ('cifar_resnet20', (cifar_resnet20, _rgb(32),
+                        'ResNet-20 for CIFAR-10, 2018 pytorch-cifar layout (loads real checkpoints)')),
 ])
 
 NAMES = tuple(_REGISTRY)

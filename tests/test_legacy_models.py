@@ -30,10 +30,12 @@ SMALL = {
     'se_resnet': {},
     'lenet': {},
     'fcn_upsample': {},
+    'cifar_resnet20': {},
 }
 
 EXPECTED_OUTPUT = {
     'lenet': (1, 10),
+    'cifar_resnet20': (1, 10),
     'fcn_upsample': (1, 21, 64, 64),
 }
 
@@ -90,7 +92,7 @@ def _check_output(name, out, expected_shape):
 
 
 def test_registry_api():
-    assert len(NAMES_SET) == len(zoo.NAMES) == 12
+    assert len(NAMES_SET) == len(zoo.NAMES) == 13
     assert set(SMALL) == NAMES_SET
     assert zoo.input_shape('resnet50') == (1, 3, 224, 224)
     assert zoo.input_shape('lenet') == (1, 3, 32, 32)
