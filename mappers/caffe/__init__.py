@@ -63,7 +63,22 @@ def to_net(graph, dialect="bvlc", name="tracecap"):
 
 
 def save(graph, prototxt, caffemodel, dialect="bvlc", name="tracecap"):
-    """Write ``graph`` as ``prototxt`` + ``caffemodel``, atomically (nothing half-written on failure)."""
-    net = to_net(graph, dialect, name)
-    writer.save(net, prototxt, caffemodel)
+    """Write ``graph`` as ``prototxt`` + ``caffemodel``, atomically (nothing half-written on failure).
+
+    The files are those ``writer.save(to_net(graph, dialect, name), ...)`` writes, but the
+    weights go from their arrays to the caffemodel without being encoded into the
+    message; the NetParameter returned therefore has the layers without their blobs
+    (use ``to_net`` for the net with blobs).
+    """
+    layers = to_layers(graph, dialect)
+    inputs = {}
+    for blob in graph.inputs:
+        if blob.shape is None or len(blob.shape) == 0:
+            raise MappingError(f"graph input {blob.name} has no shape")
+        inputs[blob.name] = tuple(blob.shape)
+    try:
+        net, blobs = netspec.to_net(layers, name=name, inputs=inputs, dialect=dialect, with_blobs=False)
+    except MappingError as exc:
+        raise MappingError(f"building the {dialect} net failed: {exc}") from None
+    writer.save_parts(net, blobs, prototxt, caffemodel)
     return net

@@ -203,15 +203,40 @@ def leaky_relu(node, ctx):
     return [ctx.layer("ReLU", [ctx.blob(node.params["input"])], params={"negative_slope": slope})]
 
 
-def _clip(ctx, bottom, lo, hi):
-    if lo == 0.0 and hi == 6.0 and ctx.has_layer("ReLU6"):
-        return [ctx.layer("ReLU6", [bottom])]
+def _clip(ctx, bottom, lo, hi, top=None):
+    """clamp(x, lo, hi). [0, 6] is ReLU6 (Clip(0, 6) in bvlc), [0, inf) ReLU; other ranges are built
+    from ReLU/ReLU6 between Power layers - the same layers in both dialects, which share no Clip."""
+    def relu6_layer(src, top):
+        if ctx.has_layer("ReLU6"):
+            return ctx.layer("ReLU6", [src], [top])
+        return ctx.layer("Clip", [src], [top], params={"min": 0.0, "max": 6.0})
+    top = top or ctx.top
+    if lo == 0.0 and hi == 6.0:
+        return [relu6_layer(bottom, top)]
     if lo == 0.0 and hi == math.inf:
-        return [ctx.layer("ReLU", [bottom])]
-    if ctx.has_layer("Clip"):
-        return [ctx.layer("Clip", [bottom], params={"min": lo, "max": hi})]
-    ctx.unsupported(f"clamp to [{lo}, {hi}] needs a Clip layer, which the {ctx.dialect} dialect lacks "
-                    f"(only [0, 6] maps to ReLU6 there)")
+        return [ctx.layer("ReLU", [bottom], [top])]
+    if lo > hi:
+        ctx.unsupported(f"clamp with min {lo} > max {hi}")
+    shifted, clipped = ctx.tmp("shift"), ctx.tmp("clip")
+    if math.isinf(lo) and math.isinf(hi):
+        ctx.unsupported("clamp without bounds")
+    if math.isinf(hi):      # lo + relu(x - lo)
+        return [_power(ctx, bottom, shift=-lo, top=shifted), ctx.layer("ReLU", [shifted], [clipped]),
+                _power(ctx, clipped, shift=lo, top=top)]
+    if math.isinf(lo):      # hi - relu(hi - x)
+        return [_power(ctx, bottom, scale=-1.0, shift=hi, top=shifted), ctx.layer("ReLU", [shifted], [clipped]),
+                _power(ctx, clipped, scale=-1.0, shift=hi, top=top)]
+    k = 6.0 / (hi - lo)     # lo + relu6((x - lo) * k) / k
+    return [_power(ctx, bottom, scale=k, shift=-lo * k, top=shifted), relu6_layer(shifted, clipped),
+            _power(ctx, clipped, scale=1.0 / k, shift=lo, top=top)]
+
+
+@register("hardsigmoid")
+def hardsigmoid(node, ctx):
+    """relu6(x + 3) / 6: runtimes' HardSigmoid layers default to other slopes (OpenCV: 0.2)."""
+    x, shifted, clipped = ctx.blob(node.params["input"]), ctx.tmp("shift"), ctx.tmp("relu6")
+    return ([_power(ctx, x, shift=3.0, top=shifted)] + _clip(ctx, shifted, 0.0, 6.0, top=clipped)
+            + [_power(ctx, clipped, scale=1.0 / 6.0)])
 
 
 @register("relu6")

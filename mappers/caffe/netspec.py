@@ -17,6 +17,7 @@ import math
 from types import MappingProxyType
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
@@ -66,7 +67,23 @@ _INT_RANGES = {
     _FD.CPPTYPE_UINT64: ("uint64", 0, 2**64 - 1),
 }
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_DATA_TAG = bytes([(5 << 3) | 2])  # BlobProto.data, length-delimited (packed)
+_DATA_TAG = bytes([(5 << 3) | 2])   # BlobProto.data (packed float), length-delimited
+_SHAPE_TAG = bytes([(7 << 3) | 2])  # BlobProto.shape (BlobShape), length-delimited
+_DIM_TAG = bytes([(1 << 3) | 2])    # BlobShape.dim (packed int64), length-delimited
+
+
+class NetWithBlobs(NamedTuple):
+    """A ``NetParameter`` whose layers carry no blobs, and the blobs beside it.
+
+    ``blobs[i]`` is the list of weight arrays of ``net.layer[i]`` (empty for a
+    layer without weights), each float32, little-endian, C order -- what
+    :func:`blob_array` gives. ``writer.save_parts(net, blobs, ...)`` writes the
+    files the equivalent net with blobs would give. The arrays may be the
+    caller's own (no copy when already float32 little-endian C order).
+    """
+
+    net: object
+    blobs: list
 
 
 @functools.lru_cache(maxsize=None)
@@ -111,17 +128,24 @@ def param_field(layer_type: str, dialect: str | None = None) -> str:
     raise MappingError(f"unknown Caffe layer type {layer_type!r} in {where}")
 
 
-def to_net(layers, *, name: str, inputs: Mapping[str, tuple[int, ...]], dialect: str):
+def to_net(layers, *, name: str, inputs: Mapping[str, tuple[int, ...]], dialect: str,
+           with_blobs: bool = True):
     """Build the ``NetParameter`` of ``dialect`` for ``layers``.
 
     Each entry of ``inputs`` (name -> shape) becomes an "Input" layer of that
     name with one top of that name, in order, before ``layers``. Checks what
     Caffe would abort on: duplicate layer names, a bottom no earlier layer
     produced, a top produced twice (other than in place).
+
+    With ``with_blobs=False`` the weights are checked and converted the same
+    way but kept out of the message: the result is a :class:`NetWithBlobs`
+    (blob-less net, per-layer arrays) for ``writer.save_parts``, which writes
+    them without encoding them into protobuf first.
     """
     pb = module_for(dialect)
     types = layer_types(dialect)
     net = pb.NetParameter(name=name)
+    blobs: list | None = None if with_blobs else []
     produced: set[str] = set()
     names: set[str] = set()
     for in_name, shape in inputs.items():
@@ -129,13 +153,13 @@ def to_net(layers, *, name: str, inputs: Mapping[str, tuple[int, ...]], dialect:
         if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d > 0 for d in dims):
             raise MappingError(f"input {in_name!r}: shape must be positive integers, got {tuple(shape)!r}")
         _add_layer(net, Layer("Input", in_name, [], [in_name], {"shape": [{"dim": dims}]}),
-                   dialect, types, produced, names)
+                   dialect, types, produced, names, blobs)
     for layer in layers:
-        _add_layer(net, layer, dialect, types, produced, names)
-    return net
+        _add_layer(net, layer, dialect, types, produced, names, blobs)
+    return net if with_blobs else NetWithBlobs(net, blobs)
 
 
-def _add_layer(net, layer: Layer, dialect, types, produced: set, names: set) -> None:
+def _add_layer(net, layer: Layer, dialect, types, produced: set, names: set, blobs_out) -> None:
     ctx = f"layer {getattr(layer, 'name', '?')!r} ({getattr(layer, 'type', '?')})"
     if not isinstance(layer, Layer):
         raise MappingError(f"{ctx}: expected a netspec.Layer, got {type(layer).__name__}")
@@ -176,8 +200,12 @@ def _add_layer(net, layer: Layer, dialect, types, produced: set, names: set) -> 
             if key in _STRUCTURAL or (own is not None and key == own):
                 raise MappingError(f"{ctx}: extra field {key!r} is set from the Layer itself, not extra")
         _fill(lp, layer.extra, ctx, "", dialect)
-    for i, blob in enumerate(layer.blobs):
-        _add_blob(lp.blobs.add(), blob, f"{ctx}: blob {i}")
+    arrays = [blob_array(blob, f"{ctx}: blob {i}") for i, blob in enumerate(layer.blobs)]
+    if blobs_out is None:
+        for arr in arrays:
+            lp.blobs.add().MergeFromString(b"".join(blob_pieces(arr)))
+    else:
+        blobs_out.append(arrays)
     if not lp.IsInitialized():
         missing = ", ".join(lp.FindInitializationErrors())
         raise MappingError(f"{ctx}: required field(s) not set: {missing}")
@@ -266,12 +294,11 @@ def _scalar(fd, value, ctx: str, where: str):
     raise MappingError(f"{ctx}: field {where!r} has a type tracecap does not set")
 
 
-def _add_blob(bp, blob, ctx: str) -> None:
-    """Fill BlobProto ``bp`` with ``blob``'s shape and float32 data.
+def blob_array(blob, ctx: str = "blob") -> np.ndarray:
+    """``blob`` as the array a Caffe blob stores: float32, little-endian, C order.
 
-    The data goes in as one encoded packed field (tag, varint length, the
-    array's little-endian float32 bytes) parsed by protobuf in one call: the
-    element-wise ``data.extend`` path is two orders of magnitude slower.
+    No copy when it already is one; 0-d arrays stay 0-d. Raises MappingError
+    (prefixed with ``ctx``) for what cannot be stored as float32.
     """
     try:
         arr = np.asarray(blob)
@@ -279,15 +306,35 @@ def _add_blob(bp, blob, ctx: str) -> None:
         raise MappingError(f"{ctx}: cannot be read as an array: {e}") from e
     if arr.dtype.kind not in "biuf":
         raise MappingError(f"{ctx}: dtype {arr.dtype} cannot be stored in a Caffe blob (float32)")
-    arr = np.asarray(arr, dtype="<f4", order="C")  # keeps 0-d arrays 0-d
-    bp.shape.dim.extend(int(d) for d in arr.shape)
-    if arr.size:
-        arr = arr.reshape(-1)
-        bp.MergeFromString(b"".join((_DATA_TAG, encode_varint(arr.nbytes), memoryview(arr).cast("B"))))
+    return np.asarray(arr, dtype="<f4", order="C")
+
+
+def blob_pieces(arr: np.ndarray) -> list:
+    """The canonical encoding of the BlobProto holding ``arr`` (a :func:`blob_array`), in pieces.
+
+    Fields in number order, as protobuf's deterministic serialization has
+    them: ``data`` (5, packed float: the array's own buffer, not copied) when
+    non-empty, then ``shape`` (7, a BlobShape of packed int64 dims; always
+    present, empty for a 0-d array). ``b"".join`` of the pieces is the message.
+    The one encoder of array blobs: ``to_net`` parses it into BlobProto
+    messages and ``writer.save_parts`` writes it straight to the file.
+    """
+    dims = b"".join(encode_varint(int(d)) for d in arr.shape)
+    shape = _DIM_TAG + encode_varint(len(dims)) + dims if dims else b""
+    pieces = packed_float_field(memoryview(arr.reshape(-1)).cast("B")) if arr.size else []
+    pieces.append(_SHAPE_TAG + encode_varint(len(shape)) + shape)
+    return pieces
+
+
+def packed_float_field(view) -> list:
+    """BlobProto.data framed around the little-endian float32 bytes ``view``: [tag + length, view]."""
+    return [_DATA_TAG + encode_varint(view.nbytes), view]
 
 
 def encode_varint(value: int) -> bytes:
     """Protobuf base-128 varint of a non-negative int."""
+    if value < 0x80:  # the common case (tags, dims, small lengths)
+        return _ONE_BYTE[value]
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7
@@ -296,3 +343,6 @@ def encode_varint(value: int) -> bytes:
         else:
             out.append(low)
             return bytes(out)
+
+
+_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))

@@ -12,6 +12,11 @@ and a ``.caffemodel`` (binary, with blobs):
 * fast -- blob data is written from numpy buffers straight to the file, layer
   by layer, never through protobuf's own encoder (several times slower for big
   float arrays) nor one huge bytes object.
+
+:func:`save_parts` writes the same files from a net built without blobs and
+its weights as numpy arrays beside it (``netspec.to_net(..., with_blobs=False)``):
+the arrays never enter a protobuf message, so building and writing a net costs
+little more than writing its raw weights.
 """
 from __future__ import annotations
 
@@ -23,7 +28,8 @@ import numpy as np
 from google.protobuf import text_format
 from google.protobuf.descriptor import FieldDescriptor
 
-from tracecap.mappers.caffe.netspec import _is_repeated, encode_varint
+from tracecap.mappers.caffe.netspec import (_is_repeated, blob_array, blob_pieces, encode_varint,
+                                            packed_float_field)
 from tracecap.mappers.caffe.proto import module_for
 
 _LAYER_NUMBER = 100  # NetParameter.layer
@@ -35,7 +41,7 @@ def _tag(number: int) -> bytes:
     return encode_varint((number << 3) | 2)
 
 
-_LAYER_TAG, _BLOBS_TAG, _DATA_TAG = _tag(_LAYER_NUMBER), _tag(_BLOBS_NUMBER), _tag(_DATA_NUMBER)
+_LAYER_TAG, _BLOBS_TAG = _tag(_LAYER_NUMBER), _tag(_BLOBS_NUMBER)
 
 
 # ------------------------------------------------------------------ public
@@ -43,6 +49,8 @@ _LAYER_TAG, _BLOBS_TAG, _DATA_TAG = _tag(_LAYER_NUMBER), _tag(_BLOBS_NUMBER), _t
 
 def prototxt_text(net) -> str:
     """The prototxt of ``net``: its text format with every layer's blobs left out."""
+    if not any(len(layer.blobs) for layer in net.layer):
+        return text_format.MessageToString(net)
     head = type(net)()
     for fd, value in net.ListFields():
         if fd.number != _LAYER_NUMBER:
@@ -62,30 +70,34 @@ def save(net, prototxt_path, caffemodel_path, *, fsync: bool = False) -> None:
     ``fsync`` the data and the directory entries are also flushed to disk
     before returning (slower; guards against power loss, not against errors).
     """
-    proto_target, model_target = Path(prototxt_path), Path(caffemodel_path)
-    if os.path.abspath(proto_target) == os.path.abspath(model_target):
-        raise ValueError(f"prototxt and caffemodel paths are the same: {proto_target}")
-    text = prototxt_text(net).encode("utf-8")
-    temps: list[Path] = []
-    try:
-        tmp_proto = _open_temp(proto_target, temps)
-        with tmp_proto as f:
-            f.write(text)
-            _finish(f, fsync)
-        tmp_model = _open_temp(model_target, temps)
-        with tmp_model as f:
-            _write_caffemodel(net, f.write)
-            _finish(f, fsync)
-        _replace_all([(temps[1], model_target), (temps[0], proto_target)], fsync)
-    finally:
-        for t in temps:
-            _unlink_quietly(t)
+    _save_files(net, prototxt_path, caffemodel_path, lambda write: _write_caffemodel(net, write), fsync)
 
 
-def caffemodel_bytes(net) -> bytes:
-    """What :func:`save` writes to the caffemodel, in memory."""
+def save_parts(net, blobs, prototxt_path, caffemodel_path, *, fsync: bool = False) -> None:
+    """Write ``net`` with ``blobs[i]`` as the blobs of ``net.layer[i]``, as :func:`save` would.
+
+    ``net, blobs`` is what ``netspec.to_net(..., with_blobs=False)`` returns:
+    ``blobs`` has one list of arrays per layer of ``net`` (empty for a layer
+    without weights), and a layer given arrays must carry no blobs of its own
+    (ValueError otherwise, before anything is written). The files are
+    byte-identical to ``save`` of the net holding those blobs (each array as
+    float32 with its shape) -- the caffemodel is that net's
+    ``SerializeToString(deterministic=True)`` -- and written the same atomic
+    way, but the arrays go from their buffers to the file without ever being
+    encoded into protobuf messages.
+    """
+    arrays = _checked_blobs(net, blobs)
+    _save_files(net, prototxt_path, caffemodel_path,
+                lambda write: _write_caffemodel(net, write, arrays), fsync)
+
+
+def caffemodel_bytes(net, blobs=None) -> bytes:
+    """What :func:`save` (or, given ``blobs``, :func:`save_parts`) writes to the caffemodel, in memory."""
     parts: list = []
-    _write_caffemodel(net, parts.append)
+    if blobs is None:
+        _write_caffemodel(net, parts.append)
+    else:
+        _write_caffemodel(net, parts.append, _checked_blobs(net, blobs))
     return b"".join(parts)
 
 
@@ -115,7 +127,44 @@ def load(prototxt_path, caffemodel_path=None, dialect: str = "opencv"):
 # ------------------------------------------------------ binary encoding
 
 
-def _write_caffemodel(net, write) -> None:
+def _save_files(net, prototxt_path, caffemodel_path, emit, fsync: bool) -> None:
+    """The prototxt of ``net`` and what ``emit(write)`` writes, both or neither."""
+    proto_target, model_target = Path(prototxt_path), Path(caffemodel_path)
+    if os.path.abspath(proto_target) == os.path.abspath(model_target):
+        raise ValueError(f"prototxt and caffemodel paths are the same: {proto_target}")
+    text = prototxt_text(net).encode("utf-8")
+    temps: list[Path] = []
+    try:
+        tmp_proto = _open_temp(proto_target, temps)
+        with tmp_proto as f:
+            f.write(text)
+            _finish(f, fsync)
+        tmp_model = _open_temp(model_target, temps)
+        with tmp_model as f:
+            emit(f.write)
+            _finish(f, fsync)
+        _replace_all([(temps[1], model_target), (temps[0], proto_target)], fsync)
+    finally:
+        for t in temps:
+            _unlink_quietly(t)
+
+
+def _checked_blobs(net, blobs) -> list:
+    """``blobs`` as one list of float32 arrays per layer of ``net``; ValueError on a mismatch."""
+    try:
+        per_layer = [list(arrays) for arrays in blobs]
+    except TypeError:
+        raise ValueError("blobs must be a list with one list of arrays per layer") from None
+    if len(per_layer) != len(net.layer):
+        raise ValueError(f"blobs has {len(per_layer)} entries for {len(net.layer)} layers")
+    for layer, arrays in zip(net.layer, per_layer):
+        if arrays and len(layer.blobs):
+            raise ValueError(f"layer {layer.name!r} has blobs both in the net and given beside it")
+    return [[blob_array(a, f"layer {layer.name!r} ({layer.type}): blob {i}") for i, a in enumerate(arrays)]
+            for layer, arrays in zip(net.layer, per_layer)]
+
+
+def _write_caffemodel(net, write, arrays=None) -> None:
     """Emit the canonical encoding of ``net`` through ``write``, piece by piece.
 
     Every message is split around its big field (NetParameter around ``layer``,
@@ -124,29 +173,42 @@ def _write_caffemodel(net, write) -> None:
     framed here. Fields stay in number order, so the bytes equal protobuf's
     deterministic serialization. Messages that carry unknown fields (read from
     another fork's file) are serialized by protobuf whole, so nothing is lost.
+
+    ``arrays`` (from :func:`_checked_blobs`), if given, are the blobs of the
+    layers in that order, encoded by ``netspec.blob_pieces`` from their buffers.
     """
     if _has_unknown_fields(net):
+        if arrays is not None:
+            net = _with_blobs(net, arrays)
         write(net.SerializeToString(deterministic=True))
         return
     before, after = _split(net, _LAYER_NUMBER)
     write(before)
-    for layer in net.layer:
-        pieces = _layer_pieces(layer)
+    for i, layer in enumerate(net.layer):
+        pieces = _layer_pieces(layer, arrays[i] if arrays is not None else ())
         write(_LAYER_TAG + encode_varint(sum(len(p) for p in pieces)))
         for p in pieces:
             write(p)
     write(after)
 
 
-def _layer_pieces(layer) -> list:
+def _layer_pieces(layer, arrays=()) -> list:
+    if arrays and _has_unknown_fields(layer):
+        layer = _with_blobs(layer, [arrays])
+    elif arrays:
+        return _framed_blobs(layer, [blob_pieces(a) for a in arrays])
     if _has_unknown_fields(layer) or not len(layer.blobs):
         return [layer.SerializeToString(deterministic=True)]
+    return _framed_blobs(layer, [_blob_pieces(blob) for blob in layer.blobs])
+
+
+def _framed_blobs(layer, blobs: list) -> list:
+    """``layer``'s fields other than ``blobs``, with the encoded ``blobs`` framed in their place."""
     before, after = _split(layer, _BLOBS_NUMBER)
     pieces = [before]
-    for blob in layer.blobs:
-        blob_pieces = _blob_pieces(blob)
-        pieces.append(_BLOBS_TAG + encode_varint(sum(len(p) for p in blob_pieces)))
-        pieces.extend(blob_pieces)
+    for blob in blobs:
+        pieces.append(_BLOBS_TAG + encode_varint(sum(len(p) for p in blob)))
+        pieces.extend(blob)
     pieces.append(after)
     return pieces
 
@@ -157,8 +219,21 @@ def _blob_pieces(blob) -> list:
     before, after = _split(blob, _DATA_NUMBER)
     # upb's repeated container hands numpy its buffer (__array__): one memcpy.
     data = np.asarray(blob.data, dtype="<f4")
-    view = memoryview(data).cast("B")
-    return [before, _DATA_TAG + encode_varint(view.nbytes), view, after]
+    return [before, *packed_float_field(memoryview(data).cast("B")), after]
+
+
+def _with_blobs(msg, arrays):
+    """A copy of NetParameter or LayerParameter ``msg`` with ``arrays`` parsed into its layers' blobs.
+
+    The slow, general path, for messages with unknown fields that cannot be split.
+    """
+    full = type(msg)()
+    full.CopyFrom(msg)
+    layers = full.layer if full.DESCRIPTOR.name == "NetParameter" else [full]
+    for layer, blobs in zip(layers, arrays):
+        for arr in blobs:
+            layer.blobs.add().MergeFromString(b"".join(blob_pieces(arr)))
+    return full
 
 
 def _split(msg, number: int) -> tuple[bytes, bytes]:
