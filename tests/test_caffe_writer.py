@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tracecap import MappingError
-from tracecap.mappers.caffe import writer
+from tracecap.mappers.caffe import netspec, writer
 from tracecap.mappers.caffe.netspec import Layer, layer_types, param_field, to_net
 from tracecap.mappers.caffe.proto import DIALECTS, module_for
 
@@ -59,7 +59,7 @@ def zoo(dialect):
 
 def build(dialect, layers=None, **kw):
     return to_net(zoo(dialect) if layers is None else layers, name=kw.pop("name", "zoo"),
-                  inputs=kw.pop("inputs", {"data": (1, 3, 8, 8)}), dialect=dialect)
+                  inputs=kw.pop("inputs", {"data": (1, 3, 8, 8)}), dialect=dialect, **kw)
 
 
 def files(tmp_path, stem="net"):
@@ -412,3 +412,201 @@ def test_opencv_reads_every_field_the_zoo_uses(tmp_path):
     assert prob.shape == (1, 3) and np.allclose(prob.sum(), 1.0, atol=1e-5)
     assert perm.shape == (1, 8, 8, 4)  # Permute's order arrived
     assert l2.shape == (1, 4, 8, 8)
+
+
+# ------------------------------------------- blobs beside the net (save_parts)
+# (last in the file: they draw from RNG, and the runtime tests above expect its earlier values)
+
+
+def odd_arrays():
+    """Arrays that are not float32 little-endian C order, and awkward shapes."""
+    big_endian = rand(4, 3, 3, 3).astype(">f4")
+    transposed = rand(3, 3, 3, 4).transpose(3, 2, 0, 1)           # non-contiguous 4-D
+    strided = rand(2, 4, 6).astype(">f8")[:, :, ::2]                 # big-endian float64, strided
+    assert not transposed.flags.c_contiguous and not strided.flags.c_contiguous
+    return {
+        "conv": [big_endian, rand(4).astype(np.float64)],
+        "conv_t": [transposed],
+        "scale": [rand(8)[::2], rand(4).astype(">f4")],                 # 1-D strided, 1-D big-endian
+        "bias": [strided],
+        "empty": [np.zeros((0, 3), np.float32), np.zeros(0, np.float32)],
+        "scalar": [np.float32(2.5)],
+        "ints": [np.arange(-3, 3, dtype=np.int16).reshape(2, 3)],
+        "prelu": [np.asfortranarray(rand(4, 1))[:, 0]],
+    }
+
+
+def parts_layers(dialect):
+    a = odd_arrays()
+    return zoo(dialect) + [
+        Layer("Convolution", "conv2", ["abs"], ["conv2"], {"num_output": 4, "kernel_size": [3]}, a["conv"]),
+        Layer("Convolution", "conv_t", ["conv2"], ["conv2"],
+              {"num_output": 4, "kernel_size": [3], "pad": [1], "bias_term": False}, a["conv_t"]),
+        Layer("Scale", "scale2", ["conv2"], ["conv2"], {"bias_term": True}, a["scale"]),
+        Layer("Bias", "bias2", ["conv2"], ["bias2"], {}, a["bias"]),
+        Layer("Scale", "empty", ["bias2"], ["empty"], {}, a["empty"]),
+        Layer("Scale", "scalar", ["empty"], ["scalar"], {"num_axes": 0}, a["scalar"]),
+        Layer("Bias", "ints", ["scalar"], ["ints"], {}, a["ints"]),
+        Layer("PReLU", "prelu2", ["ints"], ["ints"], {}, a["prelu"]),
+        Layer("ReLU", "relu_last", ["ints"], ["ints"]),
+    ]
+
+
+def by_protobuf(net, blobs):
+    """The net with ``blobs`` put in through protobuf's own API, element by element."""
+    full = type(net)()
+    full.CopyFrom(net)
+    for layer, arrays in zip(full.layer, blobs):
+        for arr in arrays:
+            bp = layer.blobs.add()
+            bp.shape.dim.extend(np.shape(arr))
+            bp.data.extend(np.asarray(arr, dtype=np.float32).ravel().tolist())
+    return full
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_save_parts_writes_the_full_nets_bytes(tmp_path, dialect):
+    layers = parts_layers(dialect)
+    full = build(dialect, layers)
+    net, blobs = build(dialect, layers, with_blobs=False)
+    assert all(len(layer.blobs) == 0 for layer in net.layer)
+    assert len(blobs) == len(net.layer) == len(full.layer)
+    assert [len(b) for b in blobs] == [len(layer.blobs) for layer in full.layer]
+    for arrays, layer in zip(blobs[1:], layers):  # blobs[0] belongs to the Input layer
+        assert len(arrays) == len(layer.blobs)
+        for arr, src in zip(arrays, layer.blobs):
+            assert arr.dtype == np.dtype("<f4") and arr.flags.c_contiguous and arr.shape == np.shape(src)
+            np.testing.assert_array_equal(arr, np.asarray(src, np.float32))
+
+    reference = by_protobuf(net, [[np.asarray(a) for a in layer.blobs] for layer in
+                                  [Layer("Input", "data", [], ["data"])] + layers])
+    assert reference == full
+    expected = full.SerializeToString(deterministic=True)
+    assert reference.SerializeToString(deterministic=True) == expected
+
+    proto, model = files(tmp_path, "parts")
+    writer.save_parts(net, blobs, proto, model)
+    assert model.read_bytes() == expected
+    assert writer.caffemodel_bytes(net, blobs) == expected
+    full_proto, full_model = files(tmp_path, "full")
+    writer.save(full, full_proto, full_model)
+    assert (proto.read_bytes(), model.read_bytes()) == (full_proto.read_bytes(), full_model.read_bytes())
+    assert writer.load(proto, model, dialect=dialect) == full
+    assert sorted(os.listdir(tmp_path)) == ["full.caffemodel", "full.prototxt", "parts.caffemodel",
+                                            "parts.prototxt"]
+
+
+def test_save_parts_mixes_with_blobs_in_the_net_and_unknown_fields(tmp_path):
+    net, blobs = build("bvlc", with_blobs=False)
+    conv = next(i for i, layer in enumerate(net.layer) if layer.name == "conv1")
+    fc = next(i for i, layer in enumerate(net.layer) if layer.name == "fc")
+    for arr in blobs[fc]:  # this layer's weights live in the net itself
+        net.layer[fc].blobs.add().MergeFromString(b"".join(netspec.blob_pieces(arr)))
+    full = by_protobuf(net, blobs[:fc] + [[]] + blobs[fc + 1:])
+    blobs[fc] = []
+    assert writer.caffemodel_bytes(net, blobs) == full.SerializeToString(deterministic=True)
+
+    net.layer[conv].MergeFromString(b"\xa8\x1f\x05")  # a fork's field, unknown to bvlc
+    full.layer[conv].MergeFromString(b"\xa8\x1f\x05")
+    assert writer.caffemodel_bytes(net, blobs) == full.SerializeToString(deterministic=True)
+    net.MergeFromString(b"\xa8\x1f\x07")
+    full.MergeFromString(b"\xa8\x1f\x07")
+    proto, model = files(tmp_path)
+    writer.save_parts(net, blobs, proto, model)
+    assert model.read_bytes() == full.SerializeToString(deterministic=True)
+
+
+def test_save_parts_refuses_blobs_that_do_not_fit(tmp_path):
+    net, blobs = build("opencv", with_blobs=False)
+    proto, model = files(tmp_path)
+    with pytest.raises(ValueError, match="entries"):
+        writer.save_parts(net, blobs[:-1], proto, model)
+    conv = next(i for i, b in enumerate(blobs) if b)
+    both = type(net)()
+    both.CopyFrom(net)
+    both.layer[conv].blobs.add()
+    with pytest.raises(ValueError, match="both"):
+        writer.save_parts(both, blobs, proto, model)
+    blobs[conv] = [np.array(["x"])]
+    with pytest.raises(MappingError, match="blob 0"):
+        writer.save_parts(net, blobs, proto, model)
+    assert _listing(tmp_path) == []
+
+
+def test_to_net_without_blobs_checks_them_the_same():
+    with pytest.raises(MappingError, match="'s'.*blob 1.*complex"):
+        to_net([Layer("Scale", "s", ["data"], ["s"], {}, [rand(3), np.ones(3, complex)])],
+               name="e", inputs={"data": (1, 3)}, dialect="opencv", with_blobs=False)
+
+
+def test_caffe_save_writes_what_to_net_and_writer_save_write(tmp_path):
+    torch = pytest.importorskip("torch")
+    import tracecap
+    from tracecap.mappers import caffe
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 6 * 6, 5)).eval()
+    with torch.no_grad(), tracecap.capture() as cap:
+        model(torch.randn(1, 3, 8, 8))
+    for dialect in DIALECTS:
+        proto, model_path = files(tmp_path, f"fast.{dialect}")
+        net = caffe.save(cap.graph, proto, model_path, dialect=dialect)
+        ref_proto, ref_model = files(tmp_path, f"ref.{dialect}")
+        full = caffe.to_net(cap.graph, dialect)
+        writer.save(full, ref_proto, ref_model)
+        assert proto.read_bytes() == ref_proto.read_bytes()
+        assert model_path.read_bytes() == ref_model.read_bytes() == full.SerializeToString(deterministic=True)
+        assert any(len(layer.blobs) for layer in full.layer)
+        assert all(len(layer.blobs) == 0 for layer in net.layer)  # the weights went straight to the file
+        assert [layer.name for layer in net.layer] == [layer.name for layer in full.layer]
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, KeyboardInterrupt])
+@pytest.mark.parametrize("existed", [True, False])
+def test_save_parts_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatch, exc, existed):
+    proto, model = files(tmp_path)
+    if existed:
+        proto.write_bytes(b"old prototxt")
+        model.write_bytes(b"old caffemodel")
+    before = _listing(tmp_path)
+    real = writer.blob_pieces
+    calls = []
+
+    def fail_on_the_fifth_blob(arr):  # after several layers' bytes reached the file
+        calls.append(arr)
+        if len(calls) == 5:
+            raise exc("disk on fire")
+        return real(arr)
+
+    net, blobs = build("opencv", with_blobs=False)
+    monkeypatch.setattr(writer, "blob_pieces", fail_on_the_fifth_blob)
+    with pytest.raises(exc, match="disk on fire"):
+        writer.save_parts(net, blobs, proto, model)
+    assert len(calls) == 5
+    assert _listing(tmp_path) == before
+    if existed:
+        assert proto.read_bytes() == b"old prototxt" and model.read_bytes() == b"old caffemodel"
+
+
+@pytest.mark.parametrize("existed", [True, False])
+def test_save_parts_failure_replacing_second_file_restores_the_first(tmp_path, monkeypatch, existed):
+    proto, model = files(tmp_path)
+    if existed:
+        proto.write_bytes(b"old prototxt")
+        model.write_bytes(b"old caffemodel")
+    before = _listing(tmp_path)
+    real_replace = os.replace
+
+    def flaky_replace(src, dst):
+        if os.path.basename(str(src)).startswith(".net.prototxt.") and str(src).endswith(".tmp"):
+            raise PermissionError("cannot replace the prototxt")
+        return real_replace(src, dst)
+
+    net, blobs = build("opencv", with_blobs=False)
+    monkeypatch.setattr(writer.os, "replace", flaky_replace)
+    with pytest.raises(PermissionError):
+        writer.save_parts(net, blobs, proto, model)
+    monkeypatch.undo()
+    assert _listing(tmp_path) == before
+    if existed:
+        assert proto.read_bytes() == b"old prototxt" and model.read_bytes() == b"old caffemodel"

@@ -48,8 +48,7 @@ def to_layers(graph, dialect="bvlc"):
     return layers
 
 
-def to_net(graph, dialect="bvlc", name="tracecap"):
-    """The NetParameter (of the dialect's generated module) for ``graph``."""
+def _build(graph, dialect, name, with_blobs):
     layers = to_layers(graph, dialect)
     inputs = {}
     for blob in graph.inputs:
@@ -57,9 +56,14 @@ def to_net(graph, dialect="bvlc", name="tracecap"):
             raise MappingError(f"graph input {blob.name} has no shape")
         inputs[blob.name] = tuple(blob.shape)
     try:
-        return netspec.to_net(layers, name=name, inputs=inputs, dialect=dialect)
+        return netspec.to_net(layers, name=name, inputs=inputs, dialect=dialect, with_blobs=with_blobs)
     except MappingError as exc:
         raise MappingError(f"building the {dialect} net failed: {exc}") from None
+
+
+def to_net(graph, dialect="bvlc", name="tracecap"):
+    """The NetParameter (of the dialect's generated module) for ``graph``, weights included."""
+    return _build(graph, dialect, name, with_blobs=True)
 
 
 def save(graph, prototxt, caffemodel, dialect="bvlc", name="tracecap"):
@@ -70,15 +74,6 @@ def save(graph, prototxt, caffemodel, dialect="bvlc", name="tracecap"):
     message; the NetParameter returned therefore has the layers without their blobs
     (use ``to_net`` for the net with blobs).
     """
-    layers = to_layers(graph, dialect)
-    inputs = {}
-    for blob in graph.inputs:
-        if blob.shape is None or len(blob.shape) == 0:
-            raise MappingError(f"graph input {blob.name} has no shape")
-        inputs[blob.name] = tuple(blob.shape)
-    try:
-        net, blobs = netspec.to_net(layers, name=name, inputs=inputs, dialect=dialect, with_blobs=False)
-    except MappingError as exc:
-        raise MappingError(f"building the {dialect} net failed: {exc}") from None
+    net, blobs = _build(graph, dialect, name, with_blobs=False)
     writer.save_parts(net, blobs, prototxt, caffemodel)
     return net
