@@ -265,3 +265,24 @@ def test_graph_str_and_to_dict():
     json.dumps(d)
     assert d["nodes"][0]["op"] == "conv2d" and d["nodes"][0]["params"]["weight"] == "%0.weight"
     assert d["inputs"][0]["shape"] == [1, 1, 5, 5]
+
+
+def test_inference_mode_in_place_ops_are_versioned_by_name():
+    """Inference tensors have no _version; relu_/+=/inplace=True must still make new versions."""
+    def forward(x):
+        y = x * 2
+        F.relu(y, True)             # positional inplace flag
+        y += x
+        z = F.dropout(y, 0.5, False)  # eval dropout, positional training flag: not in place
+        return z.relu_() - 1
+
+    x = torch.randn(2, 5)
+    with torch.inference_mode():
+        eager = forward(x.clone())
+        with tracecap.capture() as cap:
+            forward(x)
+    graph = cap.graph
+    assert [n.op for n in graph.nodes] == ["mul", "relu", "add", "relu", "sub"]
+    assert any("inference_mode" in w for w in graph.warnings)
+    (out,) = replay.run(graph, x)
+    assert torch.equal(out, eager)

@@ -78,6 +78,7 @@ class Builder:
         self.live = {}         # id(Blob) -> the tensor object
         self.aliases = {}      # alias key -> Blob
         self.escapes = []      # (op, source) of calls that turned data into Python values
+        self.inference_warned = False
         self.explicit_inputs = inputs
         self.explicit_outputs = outputs
         self.outer_args = {}   # id(tensor) -> path
@@ -144,6 +145,20 @@ class Builder:
                                f"as a constant ({blob.name}, shape {list(t.shape)})")
         return blob
 
+    def _written_by_name(self, ev, op, inplace_name, params):
+        """Inference tensors have no version counter: fall back to what the call's name says
+        (``relu_``, ``__iadd__``, ``inplace=True``, ``setitem``, ``out=``)."""
+        if not self.inference_warned:
+            self.inference_warned = True
+            self.g.warnings.append("captured under torch.inference_mode(): tensors carry no version counter, so "
+                                   "in-place writes are recognised by name only and writes through views cannot "
+                                   "be detected; prefer torch.no_grad()")
+        if "out" in ev.kwargs:
+            return [i for i, t in enumerate(ev.inputs) if t is ev.kwargs["out"]]
+        if inplace_name or params.get("inplace") is True or op == "setitem":
+            return [0] if ev.inputs else []
+        return []
+
     def _known_constant(self, t):
         blob = self.current.get(id(t))
         return blob.is_constant if blob is not None else id(t) in self.rec.param_names
@@ -151,16 +166,21 @@ class Builder:
     # ---- events ---------------------------------------------------------------------------
     def _add_event(self, ev):
         raw = opslib.raw_name(ev.func)
-        written = [i for i, (a, b) in enumerate(zip(ev.in_versions, ev.after_versions)) if a is not None and a != b]
-        if not ev.outputs and not written:
-            if raw in _ESCAPES and any(not self._known_constant(t) for t in ev.inputs):
-                self.escapes.append((raw, ev.source))
-            return
         op, swap, inplace_name = opslib.canonical_name(ev.func)
+        if not ev.outputs and raw in _METADATA:
+            return
         try:
             params = opslib.bind(op, ev.args, ev.kwargs)
         except opslib.BindError as exc:
             raise CaptureError(f"{describe(ev)}: cannot read its arguments ({exc})") from None
+        if None in ev.in_versions:
+            written = self._written_by_name(ev, op, inplace_name, params)
+        else:
+            written = [i for i, (a, b) in enumerate(zip(ev.in_versions, ev.after_versions)) if a != b]
+        if not ev.outputs and not written:
+            if raw in _ESCAPES and any(not self._known_constant(t) for t in ev.inputs):
+                self.escapes.append((raw, ev.source))
+            return
 
         bottoms = []
         for i, t in enumerate(ev.inputs):
