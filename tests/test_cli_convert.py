@@ -88,3 +88,35 @@ def test_inspect_garbage_prototxt_is_a_clear_error(tmp_path, capsys):
     (tmp_path / "bad.prototxt").write_text("layer { nonsense: 1 }")
     assert cli.main(["inspect", str(tmp_path / "bad.prototxt")]) == 2
     assert "not a Caffe prototxt in any of bvlc, opencv" in capsys.readouterr().err
+
+
+SHARED = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "legacy-checkpoints"
+DP_CKPT = SHARED / "legacy_2018-08_chenchingchih_ckpt.t7"
+
+
+def test_convert_with_weights_from_a_real_2018_checkpoint(tmp_path, capsys):
+    if not DP_CKPT.is_file():
+        pytest.skip(f"{DP_CKPT} not found (../shared beside the repo)")
+    rc = cli.main(["convert", "cifar_resnet20", "--weights", str(DP_CKPT), "--dialect", "opencv", "--verify",
+                   "-o", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "weights: 128 tensors" in err
+    summary = json.loads((tmp_path / "cifar_resnet20.json").read_text())
+    assert summary["weights"] == str(DP_CKPT) and summary["verify"]["opencv"]["ok"]
+    import torch
+    from tracecap.mappers.caffe import writer
+    net = writer.load(tmp_path / "cifar_resnet20.prototxt", tmp_path / "cifar_resnet20.caffemodel")
+    conv1 = next(l for l in net.layer if l.name == "conv1")
+    from tracecap.checkpoint import load_checkpoint
+    trained = load_checkpoint(DP_CKPT)["net"]["module.conv1.weight"]
+    assert torch.equal(torch.tensor(list(conv1.blobs[0].data)).view_as(trained), trained)
+
+
+def test_convert_with_weights_that_do_not_fit_shows_the_diff(tmp_path, capsys):
+    if not DP_CKPT.is_file():
+        pytest.skip(f"{DP_CKPT} not found (../shared beside the repo)")
+    rc = cli.main(["convert", "lenet", "--weights", str(DP_CKPT), "-o", str(tmp_path), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "its weights do not fit the model" in err and "missing" in err and "conv2.weight" in err
+    assert not (tmp_path / "lenet.prototxt").exists()

@@ -70,12 +70,31 @@ def resolve_model(spec):
     return model, None, attr.lower()
 
 
+def load_weights(model, path, quiet=False):
+    """Load a checkpoint's weights into ``model`` safely (no code from the file runs).
+
+    The state dict is found inside checkpoint dicts and whole-module pickles, old keys are
+    fixed (``module.``, ``num_batches_tracked``, DenseNet ``norm.1``), and loading is strict:
+    a missing or unexpected key is an error that shows the diff.
+    """
+    from tracecap.checkpoint import find_state_dict, fix_state_dict, load_checkpoint
+    obj = load_checkpoint(path)
+    state, found = find_state_dict(obj)
+    fixed, report = fix_state_dict(state, model)
+    if not report.ok:
+        raise ConvertError(f"{path}: its weights do not fit the model:\n{report}")
+    model.load_state_dict(fixed, strict=True)
+    if not quiet:
+        print(f"      weights: {len(fixed)} tensors from {path} ({found.source})", file=sys.stderr)
+    return report
+
+
 def _step(n, total, text, quiet):
     if not quiet:
         print(f"[{n}/{total}] {text}", file=sys.stderr, flush=True)
 
 
-def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False):
+def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False, weights=None):
     """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json)."""
     from tracecap import capture, runtimes
     from tracecap.mappers import caffe
@@ -84,6 +103,8 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
     t0 = time.perf_counter()
     _step(1, total, f"loading model {spec}", quiet)
     model, default_shape, short = resolve_model(spec)
+    if weights is not None:
+        load_weights(model, weights, quiet)
     name = name or short
     model.eval()
     if not shapes:
@@ -104,10 +125,11 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
 
     os.makedirs(outdir, exist_ok=True)
     proto = os.path.join(outdir, f"{name}.prototxt")
-    weights = os.path.join(outdir, f"{name}.caffemodel")
-    _step(3, total, f"writing {proto} and {weights} ({dialect} dialect, {len(graph.nodes)} ops)", quiet)
-    caffe.save(graph, proto, weights, dialect=dialect)
-    summary = {"model": spec, "dialect": dialect, "prototxt": proto, "caffemodel": weights,
+    caffemodel = os.path.join(outdir, f"{name}.caffemodel")
+    _step(3, total, f"writing {proto} and {caffemodel} ({dialect} dialect, {len(graph.nodes)} ops)", quiet)
+    caffe.save(graph, proto, caffemodel, dialect=dialect)
+    summary = {"model": spec, "weights": weights and os.fspath(weights), "dialect": dialect,
+               "prototxt": proto, "caffemodel": caffemodel,
                "inputs": {b.name: list(b.shape) for b in graph.inputs},
                "outputs": [b.name for b in graph.outputs], "ops": len(graph.nodes), "verify": {}}
     if verify:
@@ -119,7 +141,7 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
         _step(4, total, f"verifying on {', '.join(usable)}", quiet)
         feed = {b.name: x.numpy() for b, x in zip(graph.inputs, inputs)}
         for rt in usable:
-            got = runtimes.run(proto, weights, feed, runtime=rt, blobs=summary["outputs"])
+            got = runtimes.run(proto, caffemodel, feed, runtime=rt, blobs=summary["outputs"])
             worst = 0.0
             ok = True
             for bname, ref in zip(summary["outputs"], refs):
