@@ -286,3 +286,22 @@ def test_inference_mode_in_place_ops_are_versioned_by_name():
     assert any("inference_mode" in w for w in graph.warnings)
     (out,) = replay.run(graph, x)
     assert torch.equal(out, eager)
+
+
+def test_write_through_data_alias_reaches_the_original():
+    """2017 code writes through .data; the original tensor must see the write."""
+    def forward(x):
+        y = x * 2
+        y.data.add_(1)          # .data: shared storage, separate version counter
+        z = y.detach()
+        z.mul_(3)               # detach(): shared storage and version counter
+        return y + 0
+    x = torch.randn(4)
+    with torch.no_grad():
+        eager = forward(x.clone())
+        with tracecap.capture() as cap:
+            forward(x)
+    graph = cap.graph
+    assert [n.op for n in graph.nodes] == ["mul", "add", "mul", "add"]
+    (out,) = replay.run(graph, x)
+    assert torch.allclose(out, eager)

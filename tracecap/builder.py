@@ -26,6 +26,8 @@ _METADATA = frozenset({
     "_is_view", "_base", "untyped_storage", "storage", "has_names", "is_nested", "is_meta", "__dir__",
     "__reduce_ex__", "__deepcopy__", "output_nr", "_cdata", "retains_grad", "is_inference", "__array__",
 })
+# Calls whose result is the same values under a new tensor object (storage shared)
+_ALIAS_OPS = frozenset({"alias", "detach"})
 # Calls that turn tensor data into Python values: anything computed from them is invisible to us.
 _ESCAPES = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__array__"})
 
@@ -74,8 +76,8 @@ class Builder:
         self.rec = recorder
         self.g = Graph()
         self.current = {}      # id(tensor) -> latest Blob for it
-        self.version = {}      # id(Blob) -> the tensor _version that blob stands for
-        self.live = {}         # id(Blob) -> the tensor object
+        self.version = {}      # id(tensor) -> its _version when last bound (None: unknown, not checked)
+        self.holders = {}      # id(Blob) -> ids of the tensor objects bound to it (aliases share a blob)
         self.aliases = {}      # alias key -> Blob
         self.escapes = []      # (op, source) of calls that turned data into Python values
         self.inference_warned = False
@@ -103,8 +105,8 @@ class Builder:
     # ---- blobs --------------------------------------------------------------------------
     def _bind_blob(self, t, blob, version):
         self.current[id(t)] = blob
-        self.version[id(blob)] = version
-        self.live[id(blob)] = t
+        self.version[id(t)] = version
+        self.holders.setdefault(id(blob), []).append(id(t))
         key = _alias_key(t)
         if key is not None:
             self.aliases.setdefault(key, blob)
@@ -126,7 +128,7 @@ class Builder:
         key = _alias_key(t)
         if key is not None and key in self.aliases:
             blob = self.aliases[key]
-            self.current[tid] = blob
+            self._bind_blob(t, blob, opslib_version(t))
             return blob
         explicit = self.explicit_inputs is not None
         path = self.outer_args.get(tid) or (self.outer_args.get(key) if key is not None else None)
@@ -188,7 +190,7 @@ class Builder:
             if blob is None:
                 blob = self._source_for(t, _slot_of(params, t), ev)
             else:
-                seen = self.version.get(id(blob))
+                seen = self.version.get(id(t))
                 now = ev.in_versions[i]
                 if seen is not None and now is not None and now != seen and not blob.is_constant:
                     raise CaptureError(
@@ -203,6 +205,11 @@ class Builder:
                                   input_ndim=ev.inputs[0].dim() if ev.inputs else None)
 
         constant = all(b.is_constant for b in bottoms)
+        if op in _ALIAS_OPS and not written and len(ev.outputs) == 1 and id(ev.outputs[0]) not in self.current:
+            # x.data / x.detach(): the same values under another tensor object - one blob for both,
+            # so a later in-place write through either is seen by readers of the other
+            self._bind_blob(ev.outputs[0], lookup[id(ev.inputs[0])], ev.out_info[0][2])
+            return
         tops = []
         out_ids = set()
         for k, (t, (shape, dtype, ver)) in enumerate(zip(ev.outputs, ev.out_info)):
@@ -220,6 +227,7 @@ class Builder:
             value = ev.values[k] if ev.values is not None else t
             blob = self._version_blob(old, t, shape, dtype, value, constant, ev_label(ev))
             self._bind_blob(t, blob, ver)
+            self._advance_aliases(old, blob, t)
             tops.append(blob)
         for i in written:  # written in place but not returned (setitem, out=, copy_ ...)
             t = ev.inputs[i]
@@ -228,6 +236,7 @@ class Builder:
             old = self.current[id(t)]
             blob = self._version_blob(old, t, tuple(t.shape), t.dtype, t, constant, ev_label(ev))
             self._bind_blob(t, blob, ev.after_versions[i])
+            self._advance_aliases(old, blob, t)
             tops.append(blob)
         real_tops = [t for t in tops if t is not None]
         if not real_tops:
@@ -254,6 +263,17 @@ class Builder:
                                   args=_sub(ev.args, lookup), kwargs=_sub(ev.kwargs, lookup),
                                   bottoms=bottoms, tops=real_tops, meta=meta)
         node.meta["passthrough_outputs"] = [k for k, t in enumerate(tops) if t is None]
+
+    def _advance_aliases(self, old, new, writer):
+        """Other tensor objects bound to ``old`` (aliases) now read ``new`` too. Their own version
+        counters may or may not have moved with the write, so they are no longer checked."""
+        if old is None:
+            return
+        for tid in self.holders.get(id(old), ()):
+            if tid != id(writer) and self.current.get(tid) is old:
+                self.current[tid] = new
+                self.version[tid] = None
+                self.holders[id(new)].append(tid)
 
     def _version_blob(self, old, t, shape, dtype, value, constant, label):
         kind = "const" if constant else "activation"
