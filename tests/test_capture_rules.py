@@ -110,12 +110,15 @@ def test_only_the_entering_thread_is_recorded():
 
 
 def test_nested_capture_is_a_clear_error():
-    with tracecap.capture():
+    before, depth = sys.gettrace(), _mode_depth()
+    x = torch.randn(3)
+    with tracecap.capture() as outer:
         with pytest.raises(tracecap.CaptureError, match="nested"):
             with tracecap.capture():
                 pass
-    assert sys.gettrace() is None or sys.gettrace() is not None  # outer exit still clean
-    assert _mode_depth() == 0
+        torch.relu(x)                      # the outer capture still records after the refusal
+    assert sys.gettrace() is before and _mode_depth() == depth
+    assert [n.op for n in outer.graph.nodes] == ["relu"]
 
 
 def test_training_mode_warns_only_where_it_matters():
@@ -221,8 +224,7 @@ def test_tuple_list_dict_inputs_and_multiple_outputs():
     with tracecap.capture() as cap:
         m((a, b), {"k": k})
     g = cap.graph
-    assert [i.name for i in g.inputs] == ["pair.0", "extra.k", "pair.1"] or \
-        sorted(i.name for i in g.inputs) == ["extra.k", "pair.0", "pair.1"]
+    assert [i.name for i in g.inputs] == ["pair.0", "pair.1", "extra.k"]  # argument order
     assert len(g.outputs) == 2
     inputs = {"pair.0": a, "pair.1": b, "extra.k": k}
     outs = replay.run(g, *[inputs[i.name] for i in g.inputs])
@@ -305,3 +307,44 @@ def test_write_through_data_alias_reaches_the_original():
     assert [n.op for n in graph.nodes] == ["mul", "add", "mul", "add"]
     (out,) = replay.run(graph, x)
     assert torch.allclose(out, eager)
+
+
+def test_block_level_ops_take_tensors_made_before_the_block_as_named_inputs():
+    x = torch.randn(2, 3)
+    with tracecap.capture() as cap:
+        y = torch.relu(x) * 2
+    graph = cap.graph
+    assert [b.name for b in graph.inputs] == ["x"] and [n.op for n in graph.nodes] == ["relu", "mul"]
+    assert torch.equal(replay.run(graph, x)[0], y)
+
+
+def test_plain_tensor_attribute_of_a_module_is_a_constant_not_an_input():
+    class Normalize(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mean = torch.tensor([0.5, 0.25, 0.125]).view(1, 3, 1, 1)   # not a registered buffer
+
+        def forward(self, img):
+            return img - self.mean
+    m = Normalize()
+    x = torch.randn(1, 3, 4, 4)
+    with tracecap.capture() as cap:
+        m(x)
+    graph = cap.graph
+    assert [b.name for b in graph.inputs] == ["img"]
+    assert graph.nodes[0].bottoms[1].kind == "param" and graph.nodes[0].bottoms[1].name == "mean"
+
+
+def test_closure_tensor_inside_model_code_is_a_constant_with_a_warning():
+    scale = torch.tensor([2.0, 3.0])
+
+    def forward(x):
+        return x * scale                 # not passed in: a constant of the model
+    x = torch.randn(4, 2)
+    with tracecap.capture() as cap:
+        forward(x)
+    graph = cap.graph
+    assert [b.name for b in graph.inputs] == ["x"]
+    const = graph.nodes[0].bottoms[1]
+    assert const.kind == "const" and torch.equal(const.value, scale)
+    assert any("not passed in as an input" in w and "treated as a constant" in w for w in graph.warnings)

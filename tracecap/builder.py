@@ -98,6 +98,9 @@ class Builder:
             self._add_event(ev)
         self._set_outputs()
         self._check_inputs()
+        if self.explicit_inputs is None:  # the order of the call's arguments, not of first use
+            order = {path: k for k, path in enumerate(p for p in self.outer_args.values())}
+            self.g.inputs.sort(key=lambda b: order.get(b.meta.get("path"), len(order)))
         self.g.warnings.extend(f"{op} at {src} turned tensor data into a Python value; anything computed "
                                f"from it is a constant in the graph" for op, src in self.escapes)
         return self.g
@@ -142,9 +145,12 @@ class Builder:
                 f"{describe(ev)} reads a tensor that no recorded op produced and that is not a parameter, "
                 f"buffer or input; it probably comes from `{op}` at {src}, which took data out of torch. "
                 f"A static graph cannot follow that.")
+        if ev.outer and not explicit:  # `y = torch.relu(x)` written in the block itself: x is an input
+            return self._new_source(t, "input", self.rec.block_names.get(tid) or f"input{len(self.g.inputs)}")
+        # read inside model code but never passed in: a closure, global or default-argument tensor
         blob = self._new_source(t, "const", f"{ev_label(ev)}.{slot or 'const'}")
-        self.g.warnings.append(f"{describe(ev)} reads a tensor created outside the traced ops; it is treated "
-                               f"as a constant ({blob.name}, shape {list(t.shape)})")
+        self.g.warnings.append(f"{describe(ev)} reads a tensor that was not passed in as an input; it is "
+                               f"treated as a constant ({blob.name}, shape {list(t.shape)})")
         return blob
 
     def _written_by_name(self, ev, op, inplace_name, params):

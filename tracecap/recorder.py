@@ -157,6 +157,7 @@ class Recorder:
         self.module_names = {}     # id(module) -> dotted path
         self.training_modules = []
         self.internal_errors = []
+        self.block_names = {}      # id(tensor) -> its variable name in the with-block (set on exit)
         self._scopes = []          # stack of (path, class name, call counter)
         self._calls = 0
         self._registered = set()   # ids of modules whose parameters are already named
@@ -177,6 +178,8 @@ class Recorder:
         """Restore the previous tracer; report if someone replaced ours meanwhile."""
         current = sys.gettrace()
         sys.settrace(self._prev)
+        # names the with-block gives its tensors: `y = torch.relu(x)` makes an input called "x"
+        self.block_names = {id(v): k for k, v in self.block_frame.f_locals.items() if isinstance(v, torch.Tensor)}
         return current is self._installed or current == self._installed
 
     def _chained(self, frame, event, arg):
@@ -279,7 +282,8 @@ class Recorder:
         if key not in self._registered:  # parameters/buffers get their dotted names once per module
             self._registered.add(key)
             prefix = path + "." if path else ""
-            for store in (module._parameters, module._buffers):
+            tensor_attrs = {k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)}
+            for store in (module._parameters, module._buffers, tensor_attrs):  # plain tensor attributes too
                 for pname, p in store.items():
                     if p is not None and id(p) not in self.param_names:
                         self.param_names[id(p)] = prefix + pname
