@@ -39,3 +39,19 @@ def test_model_on_runtime(name, kwargs, runtime, tmp_path):
         with open(report, "a") as f:
             f.write(json.dumps({"model": name, "kwargs": repr(kwargs), "runtime": runtime,
                                 "layers": len(graph.nodes), "max_abs_diff": worst}) + "\n")
+
+
+def test_resnet18_with_batchnorm_folded_on_runtime(runtime, tmp_path):
+    from tracecap import passes
+    from conversion import capture, max_diff, run_on, save_both
+
+    model = zoo.build("resnet18", seed=0)
+    x = zoo.example_input("resnet18", seed=0)
+    graph, eager = capture(model, x)
+    assert passes.fold_batchnorm(graph)
+    paths = save_both(graph, tmp_path)
+    text = paths["opencv"][0].read_text()
+    assert 'type: "BatchNorm"' not in text and text.count('type: "Convolution"') == 20
+    (got,) = run_on(runtime, graph, paths, (x,))
+    diff, scale = max_diff(got, eager)
+    assert diff <= 1e-4 * scale, diff

@@ -37,3 +37,38 @@ def test_training_dropout_is_not_an_identity():
     raw, clean = _raw(lambda x: F.dropout(x, 0.5, training=True) + 0, torch.randn(4))
     assert "dropout" in [n.op for n in clean.nodes]
     assert not passes.drop_identities(clean)
+
+
+def test_fold_batchnorm_into_conv_and_linear_keeps_the_numbers():
+    import torch.nn as nn
+    from tracecap import replay
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 36, 5), nn.BatchNorm1d(5)).eval()
+    with torch.no_grad():
+        for bn in (model[1], model[5]):
+            bn.running_mean.uniform_(-1, 1)
+            bn.running_var.uniform_(0.5, 2)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-1, 1)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad(), tracecap.capture() as cap:
+        ref = model(x)
+    graph = cap.graph
+    assert passes.fold_batchnorm(graph)
+    assert [n.op for n in graph.nodes] == ["conv2d", "relu", "flatten", "linear"]
+    assert graph.nodes[0].meta["folded_batchnorm"] == "1"
+    (out,) = replay.run(graph, x)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert not passes.fold_batchnorm(graph)  # nothing left to fold
+
+
+def test_fold_batchnorm_leaves_shared_outputs_alone():
+    import torch.nn as nn
+
+    conv, bn = nn.Conv2d(3, 3, 1).eval(), nn.BatchNorm2d(3).eval()
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad(), tracecap.capture() as cap:
+        y = conv(x)
+        bn(y) + y                       # the conv output has a second reader: folding would change it
+    assert not passes.fold_batchnorm(cap.graph)

@@ -68,6 +68,8 @@ def _convert_options(parser):
                         help="run the result on every available real runtime and compare with PyTorch")
     parser.add_argument("--weights", metavar="CHECKPOINT",
                         help="load weights from a checkpoint (any PyTorch format, read safely; keys fixed)")
+    parser.add_argument("--fold-bn", action="store_true",
+                        help="fold eval BatchNorm into the preceding Convolution/InnerProduct")
     parser.add_argument("--name", help="output file stem (default: the model name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random example input")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -78,7 +80,8 @@ def _run_convert(args) -> int:
     from tracecap.convert import convert, parse_shape
 
     summary = convert(args.spec, [parse_shape(s) for s in args.input], args.outdir, dialect=args.dialect,
-                      verify=args.verify, seed=args.seed, name=args.name, quiet=args.quiet, weights=args.weights)
+                      verify=args.verify, seed=args.seed, name=args.name, quiet=args.quiet, weights=args.weights,
+                      fold_bn=args.fold_bn)
     print(f"{summary['prototxt']}\n{summary['caffemodel']}")
     return 0 if all(v["ok"] for v in summary["verify"].values()) else 1
 

@@ -94,7 +94,8 @@ def _step(n, total, text, quiet):
         print(f"[{n}/{total}] {text}", file=sys.stderr, flush=True)
 
 
-def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False, weights=None):
+def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False, weights=None,
+            fold_bn=False):
     """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json)."""
     from tracecap import capture, runtimes
     from tracecap.mappers import caffe
@@ -121,6 +122,9 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
         with capture() as cap:
             model(*inputs)
     graph = cap.graph
+    if fold_bn:
+        from tracecap.passes import fold_batchnorm
+        fold_batchnorm(graph)
     refs = reference if isinstance(reference, (list, tuple)) else [reference]
 
     os.makedirs(outdir, exist_ok=True)

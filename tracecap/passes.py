@@ -55,3 +55,59 @@ def cleanup(graph):
     eliminate_dead_code(graph)
     graph.lint()
     return graph
+
+
+def fold_batchnorm(graph):
+    """Fold eval-mode batch_norm into the conv2d/linear that alone feeds it (deployment: one layer fewer).
+
+    w' = w * g / sqrt(var + eps) per output channel, b' = (b - mean) * g / sqrt(var + eps) + beta,
+    computed in float64. Only where the conv/linear output has no other reader and its weights are
+    constants; runs in place and returns whether anything changed.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    changed = False
+    for bn in list(graph.nodes):
+        if bn.op != "batch_norm" or bn.params.get("training"):
+            continue
+        src = bn.params["input"]
+        layer = src.producer
+        if layer is None or layer.op not in ("conv2d", "linear") or len(src.users) != 1 or src in graph.outputs:
+            continue
+        p, q = layer.params, bn.params
+        consts = [p["weight"], q["running_mean"], q["running_var"]] + [v for v in (p["bias"], q["weight"], q["bias"])
+                                                                       if v is not None]
+        if not all(isinstance(v, Blob) and v.is_constant for v in consts):
+            continue
+        weight = p["weight"].value.double()
+        out_ch = weight.shape[0]
+        mean, var = q["running_mean"].value.double(), q["running_var"].value.double()
+        gamma = q["weight"].value.double() if q["weight"] is not None else torch.ones(out_ch, dtype=torch.float64)
+        beta = q["bias"].value.double() if q["bias"] is not None else torch.zeros(out_ch, dtype=torch.float64)
+        bias = p["bias"].value.double() if p["bias"] is not None else torch.zeros(out_ch, dtype=torch.float64)
+        scale = gamma / torch.sqrt(var + float(q["eps"]))
+        dtype = p["weight"].value.dtype
+        new_w = (weight * scale.view(-1, *([1] * (weight.dim() - 1)))).to(dtype)
+        new_b = ((bias - mean) * scale + beta).to(dtype)
+        w_blob = graph.add_blob(f"{layer.name}.weight_folded", "const", tuple(new_w.shape), dtype, value=new_w)
+        b_blob = graph.add_blob(f"{layer.name}.bias_folded", "const", tuple(new_b.shape), dtype, value=new_b)
+        for old in [p["weight"]] + ([p["bias"]] if p["bias"] is not None else []):
+            old.users = [u for u in old.users if u is not layer]
+        layer.bottoms = [b for b in layer.bottoms if b is not p["weight"] and b is not p["bias"]] + [w_blob, b_blob]
+        w_blob.users.append(layer)
+        b_blob.users.append(layer)
+        p["weight"], p["bias"] = w_blob, b_blob
+        # the recorded call no longer matches: replay the canonical functional form
+        if layer.op == "conv2d":
+            layer.target, layer.kwargs = F.conv2d, {}
+            layer.args = (p["input"], w_blob, b_blob, p["stride"], p["padding"], p["dilation"], p["groups"])
+        else:
+            layer.target, layer.kwargs, layer.args = F.linear, {}, (p["input"], w_blob, b_blob)
+        layer.meta["folded_batchnorm"] = bn.name
+        graph.replace_uses(bn.tops[0], src)
+        graph.erase_node(bn)
+        changed = True
+    if changed:
+        graph.lint()
+    return changed
