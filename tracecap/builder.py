@@ -173,6 +173,7 @@ class Builder:
 
     # ---- events ---------------------------------------------------------------------------
     def _add_event(self, ev):
+        """One recorded call -> nothing (metadata, pass-through), a constant, an alias, or a Node."""
         raw = opslib.raw_name(ev.func)
         op, swap, inplace_name = opslib.canonical_name(ev.func)
         if not ev.outputs and raw in _METADATA:
@@ -190,60 +191,17 @@ class Builder:
                 self.escapes.append((raw, ev.source))
             return
 
-        bottoms = []
-        for i, t in enumerate(ev.inputs):
-            blob = self.current.get(id(t))
-            if blob is None:
-                blob = self._source_for(t, _slot_of(params, t), ev)
-            else:
-                seen = self.version.get(id(t))
-                now = ev.in_versions[i]
-                if seen is not None and now is not None and now != seen and not blob.is_constant:
-                    raise CaptureError(
-                        f"{describe(ev)} reads `{blob.name}` after it was modified in place by code tracecap could "
-                        f"not follow (typically a write through a view, like `x[:, :2] += 1` or "
-                        f"`x.view(-1).relu_()`, or a write outside torch). A static graph cannot express that; "
-                        f"write the result to a new tensor instead.")
-            if blob not in bottoms:
-                bottoms.append(blob)
+        bottoms = self._bottoms(ev, params)
         lookup = {id(t): self.current[id(t)] for t in ev.inputs}
         params = opslib.normalize(op, swap, _sub(params, lookup),
                                   input_ndim=ev.inputs[0].dim() if ev.inputs else None)
-
         constant = all(b.is_constant for b in bottoms)
         if op in _ALIAS_OPS and not written and len(ev.outputs) == 1 and id(ev.outputs[0]) not in self.current:
             # x.data / x.detach(): the same values under another tensor object - one blob for both,
             # so a later in-place write through either is seen by readers of the other
             self._bind_blob(ev.outputs[0], lookup[id(ev.inputs[0])], ev.out_info[0][2])
             return
-        tops = []
-        out_ids = set()
-        for k, (t, (shape, dtype, ver)) in enumerate(zip(ev.outputs, ev.out_info)):
-            out_ids.add(id(t))
-            old = self.current.get(id(t))
-            if old is not None and id(t) not in {id(ev.inputs[i]) for i in written}:
-                if old in tops:
-                    continue
-                tops.append(None)  # returned an input unchanged (contiguous, eval dropout ...)
-                continue
-            if constant and ev.outer and old is None and id(t) in self.outer_args and self.explicit_inputs is None:
-                # made at block level and handed to a call, e.g. model(torch.randn(1, 3, 224, 224)): an input
-                self._new_source(t, "input", self.outer_args[id(t)])
-                continue
-            value = ev.values[k] if ev.values is not None else t
-            blob = self._version_blob(old, t, shape, dtype, value, constant, ev_label(ev))
-            self._bind_blob(t, blob, ver)
-            self._advance_aliases(old, blob, t)
-            tops.append(blob)
-        for i in written:  # written in place but not returned (setitem, out=, copy_ ...)
-            t = ev.inputs[i]
-            if id(t) in out_ids:
-                continue
-            old = self.current[id(t)]
-            blob = self._version_blob(old, t, tuple(t.shape), t.dtype, t, constant, ev_label(ev))
-            self._bind_blob(t, blob, ev.after_versions[i])
-            self._advance_aliases(old, blob, t)
-            tops.append(blob)
+        tops = self._tops(ev, written, constant)
         real_tops = [t for t in tops if t is not None]
         if not real_tops:
             return  # a pure pass-through: nothing new to record
@@ -254,6 +212,66 @@ class Builder:
                 if self.escapes:
                     b.meta["after_escape"] = self.escapes[-1]
             return
+        self._refuse_escaped_constants(ev, bottoms)
+        meta = {"scope": ev.scope, "module": ev.module, "call": ev.call, "source": ev.source, "raw_op": raw,
+                "inplace": bool(written) or inplace_name or bool(params.get("inplace")),
+                "shapes_in": [tuple(b.shape or ()) for b in bottoms],
+                "passthrough_outputs": [k for k, t in enumerate(tops) if t is None]}
+        self.g.create_node(ev_label(ev), op, params, target=ev.func,
+                           args=_sub(ev.args, lookup), kwargs=_sub(ev.kwargs, lookup),
+                           bottoms=bottoms, tops=real_tops, meta=meta)
+
+    def _bottoms(self, ev, params):
+        """The blobs an event reads, classifying tensors seen for the first time; refuses stale reads."""
+        bottoms = []
+        for t, now in zip(ev.inputs, ev.in_versions):
+            blob = self.current.get(id(t))
+            if blob is None:
+                blob = self._source_for(t, _slot_of(params, t), ev)
+            else:
+                seen = self.version.get(id(t))
+                if seen is not None and now is not None and now != seen and not blob.is_constant:
+                    raise CaptureError(
+                        f"{describe(ev)} reads `{blob.name}` after it was modified in place by code tracecap could "
+                        f"not follow (typically a write through a view, like `x[:, :2] += 1` or "
+                        f"`x.view(-1).relu_()`, or a write outside torch). A static graph cannot express that; "
+                        f"write the result to a new tensor instead.")
+            if blob not in bottoms:
+                bottoms.append(blob)
+        return bottoms
+
+    def _tops(self, ev, written, constant):
+        """New blobs (or versions) for what an event returned or wrote; None marks a returned input."""
+        tops, out_ids = [], set()
+        written_ids = {id(ev.inputs[i]) for i in written}
+        for k, (t, (shape, dtype, ver)) in enumerate(zip(ev.outputs, ev.out_info)):
+            out_ids.add(id(t))
+            old = self.current.get(id(t))
+            if old is not None and id(t) not in written_ids:
+                if old not in tops:
+                    tops.append(None)  # returned an input unchanged (contiguous, eval dropout ...)
+                continue
+            if constant and ev.outer and old is None and id(t) in self.outer_args and self.explicit_inputs is None:
+                # made at block level and handed to a call, e.g. model(torch.randn(1, 3, 224, 224)): an input
+                self._new_source(t, "input", self.outer_args[id(t)])
+                continue
+            value = ev.values[k] if ev.values is not None else t
+            tops.append(self._write(old, t, shape, dtype, value, constant, ver, ev))
+        for i in written:  # written in place but not returned (setitem, out=, copy_ ...)
+            t = ev.inputs[i]
+            if id(t) not in out_ids:
+                tops.append(self._write(self.current[id(t)], t, tuple(t.shape), t.dtype, t, constant,
+                                        ev.after_versions[i], ev))
+        return tops
+
+    def _write(self, old, t, shape, dtype, value, constant, version, ev):
+        blob = self._version_blob(old, t, shape, dtype, value, constant, ev_label(ev))
+        self._bind_blob(t, blob, version)
+        self._advance_aliases(old, blob, t)
+        return blob
+
+    @staticmethod
+    def _refuse_escaped_constants(ev, bottoms):
         for b in bottoms:
             if "after_escape" in b.meta:
                 op, src = b.meta["after_escape"]
@@ -261,14 +279,6 @@ class Builder:
                     f"{describe(ev)} reads a tensor made at {b.meta['source']} after `{op}` at {src} took tensor "
                     f"data out of torch; tracecap cannot tell whether it depends on the input, so it refuses to "
                     f"freeze it as a constant. Keep the computation in torch ops.")
-        meta = {"scope": ev.scope, "module": ev.module, "call": ev.call, "source": ev.source, "raw_op": raw,
-                "inplace": bool(written) or inplace_name, "shapes_in": [tuple(b.shape or ()) for b in bottoms]}
-        if "inplace" in params:
-            meta["inplace"] = meta["inplace"] or bool(params["inplace"])
-        node = self.g.create_node(ev_label(ev), op, params, target=ev.func,
-                                  args=_sub(ev.args, lookup), kwargs=_sub(ev.kwargs, lookup),
-                                  bottoms=bottoms, tops=real_tops, meta=meta)
-        node.meta["passthrough_outputs"] = [k for k, t in enumerate(tops) if t is None]
 
     def _advance_aliases(self, old, new, writer):
         """Other tensor objects bound to ``old`` (aliases) now read ``new`` too. Their own version
