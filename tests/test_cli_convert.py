@@ -120,3 +120,26 @@ def test_convert_with_weights_that_do_not_fit_shows_the_diff(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "its weights do not fit the model" in err and "missing" in err and "conv2.weight" in err
     assert not (tmp_path / "lenet.prototxt").exists()
+
+
+def test_verify_compares_every_available_runtime(tmp_path, capsys, runtime):
+    assert cli.main(["convert", "squeezenet1_1", "--dialect", "opencv", "-o", str(tmp_path), "--quiet"]) == 0
+    capsys.readouterr()
+    names = ["opencv", runtime] if runtime != "opencv" else ["opencv"]
+    args = ["verify", str(tmp_path / "squeezenet1_1.prototxt"), str(tmp_path / "squeezenet1_1.caffemodel"), "--json"]
+    for name in names:
+        args += ["--runtime", name]
+    assert cli.main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["runtimes"] == names and report["inputs"] == {"x": [1, 3, 224, 224]}
+    (row,) = report["outputs"].values()
+    assert row["shape"] == [1, 1000]
+    if runtime == "caffe":
+        assert row["caffe"] < 1e-4 * max(1.0, row["max_abs"])
+
+
+def test_verify_refuses_the_bvlc_dialect_with_the_fix(tmp_path, capsys):
+    assert cli.main(["convert", "lenet", "--dialect", "bvlc", "-o", str(tmp_path), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["verify", str(tmp_path / "lenet.prototxt"), str(tmp_path / "lenet.caffemodel")]) == 2
+    assert "convert with --dialect opencv" in capsys.readouterr().err

@@ -86,6 +86,26 @@ def _run_convert(args) -> int:
     return 0 if all(v["ok"] for v in summary["verify"].values()) else 1
 
 
+def _verify_options(parser):
+    parser.add_argument("prototxt")
+    parser.add_argument("caffemodel")
+    parser.add_argument("--runtime", action="append", choices=("opencv", "caffe"),
+                        help="runtime to run on (repeat; default: every available one)")
+    parser.add_argument("--inputs", metavar="NPZ", help="input arrays by blob name (default: seeded random)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+@register("verify", "run a Caffe model on every available real runtime and compare their outputs",
+          _verify_options)
+def _run_verify(args) -> int:
+    from tracecap.verify import format_report, verify
+
+    report = verify(args.prototxt, args.caffemodel, args.runtime, seed=args.seed, npz=args.inputs)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0 if report["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracecap", description="Convert PyTorch models to Caffe.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

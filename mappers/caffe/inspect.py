@@ -10,8 +10,8 @@ from tracecap.errors import MappingError
 from tracecap.mappers.caffe.proto import DIALECTS, module_for
 
 
-def inspect_caffe(path):
-    """Describe a .prototxt (text) or .caffemodel (binary) file as a JSON-ready dict."""
+def parse_any_dialect(path):
+    """(NetParameter, dialect) for a .prototxt or .caffemodel; the first dialect that parses it wins."""
     path = Path(path)
     if not path.is_file():
         raise MappingError(f"{path}: no such file")
@@ -21,20 +21,23 @@ def inspect_caffe(path):
         pb = module_for(dialect)
         try:
             if binary:
-                net = pb.NetParameter.FromString(path.read_bytes())
-            else:
-                net = text_format.Parse(path.read_text(encoding="utf-8"), pb.NetParameter())
+                return pb.NetParameter.FromString(path.read_bytes()), "any"
+            return text_format.Parse(path.read_text(encoding="utf-8"), pb.NetParameter()), dialect
         except (text_format.ParseError, DecodeError, UnicodeDecodeError) as exc:
             errors[dialect] = str(exc).splitlines()[0]
-            continue
-        layers = [{"name": l.name, "type": l.type, "bottoms": list(l.bottom), "tops": list(l.top),
-                   "blobs": [list(b.shape.dim) for b in l.blobs]} for l in net.layer]
-        params = sum(_numel(b) for l in layers for b in l["blobs"])
-        return {"file": str(path), "format": "caffemodel" if binary else "prototxt",
-                "dialect": "any" if binary else dialect, "name": net.name, "layers": layers,
-                "parameters": params}
     raise MappingError(f"{path}: not a Caffe {'caffemodel' if binary else 'prototxt'} in any of "
                        f"{', '.join(DIALECTS)}: " + "; ".join(f"{d}: {e}" for d, e in errors.items()))
+
+
+def inspect_caffe(path):
+    """Describe a .prototxt (text) or .caffemodel (binary) file as a JSON-ready dict."""
+    net, dialect = parse_any_dialect(path)
+    binary = Path(path).suffix == ".caffemodel"
+    layers = [{"name": l.name, "type": l.type, "bottoms": list(l.bottom), "tops": list(l.top),
+               "blobs": [list(b.shape.dim) for b in l.blobs]} for l in net.layer]
+    params = sum(_numel(b) for l in layers for b in l["blobs"])
+    return {"file": str(path), "format": "caffemodel" if binary else "prototxt",
+            "dialect": dialect, "name": net.name, "layers": layers, "parameters": params}
 
 
 def _numel(dims):
