@@ -197,11 +197,13 @@ class Graph:
         }
 
     def __str__(self):
-        rows = [("name", "op", "bottoms", "tops", "shapes", "source")]
+        rows = [("name", "op", "bottoms", "tops", "shapes", "weights", "source")]
         for n in self.nodes:
-            rows.append((n.name, n.op, ",".join(b.name for b in n.bottoms), ",".join(t.name for t in n.tops),
+            data = [b.name for b in n.bottoms if not b.is_constant]
+            weights = sum(1 for b in n.bottoms if b.is_constant)
+            rows.append((n.name, n.op, ",".join(data), ",".join(t.name for t in n.tops),
                          " ".join("x".join(map(str, t.shape)) if t.shape is not None else "?" for t in n.tops),
-                         n.source))
+                         str(weights) if weights else "", _short_path(n.source)))
         widths = [min(max(len(r[i]) for r in rows), 48) for i in range(len(rows[0]))]
         lines = ["inputs:  " + ", ".join(map(repr, self.inputs)),
                  "outputs: " + ", ".join(map(repr, self.outputs))]
@@ -213,6 +215,17 @@ class Graph:
 
     def __repr__(self):
         return f"<Graph: {len(self.nodes)} nodes, {len(self.inputs)} inputs, {len(self.outputs)} outputs>"
+
+
+def _short_path(source):
+    """'file:line' relative to the working directory when the file lies below it."""
+    import os
+    path, _, line = source.rpartition(":")
+    if path and os.path.isabs(path):
+        rel = os.path.relpath(path)
+        if not rel.startswith(".."):
+            return f"{rel}:{line}"
+    return source
 
 
 def _swap(obj, old, new):
