@@ -68,6 +68,9 @@ CASES = [
     ("linear_after_view", Lambda(lambda x, fc=nn.Linear(8 * 144, 5): fc(x.view(x.size(0), -1))), (X,),
      {"InnerProduct"}),
     ("linear_2d_nobias", _seq(nn.Linear(16, 5, bias=False)), (_x(3, 16),), {"InnerProduct"}),
+    ("mm_constant", Lambda(lambda x, w=torch.randn(16, 6): torch.mm(x, w)), (_x(3, 16),), {"InnerProduct"}),
+    ("matmul_constant_3d", Lambda(lambda x, w=torch.randn(12, 5): x.view(2, 8, 144)[:, :, :12] @ w), (X,),
+     {"InnerProduct"}),
     ("batchnorm2d_affine", _seq(nn.BatchNorm2d(8, eps=1e-3)), (X,), {"BatchNorm", "Scale"}),
     ("batchnorm2d_plain", _seq(nn.BatchNorm2d(8, affine=False)), (X,), {"BatchNorm"}),
     ("batchnorm1d", _seq(nn.Linear(16, 6), nn.BatchNorm1d(6)), (_x(4, 16),), {"BatchNorm", "Scale"}),
@@ -183,6 +186,12 @@ def test_zero_pad_folds_into_the_convolution():
     assert [l.type for l in net.layer] == ["Input", "Convolution"]
     conv = net.layer[1].convolution_param
     assert (conv.pad_h, conv.pad_w) == (2, 3) and net.layer[1].bottom == [graph.inputs[0].name]
+
+
+def test_matmul_of_two_activations_is_refused():
+    graph, _ = capture(Lambda(lambda x: torch.matmul(x, x.transpose(2, 3))), X)
+    with pytest.raises(tracecap.UnsupportedOpError, match="matmul of two activations"):
+        caffe.to_net(graph, "opencv")
 
 
 def test_pad_that_cannot_fold_is_refused():

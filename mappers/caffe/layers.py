@@ -170,6 +170,20 @@ def linear(node, ctx):
     return [ctx.layer("InnerProduct", [ctx.blob(p["input"])], params=params, blobs=blobs)]
 
 
+@register("matmul", "mm")
+def matmul(node, ctx):
+    """x @ W with a constant 2-D W (custom layers of old code: torch.mm(x, self.weight)): InnerProduct."""
+    a, b = node.params["input"], node.params["other"]
+    if not (isinstance(b, Blob) and b.is_constant and b.value.dim() == 2) or not _is_act(a):
+        ctx.unsupported("matmul of two activations (or with a constant on the left) has no Caffe layer")
+    weight = ctx.array(b).T.copy()  # (K, N) -> InnerProduct's (N, K)
+    ndim = len(ctx.in_shape())
+    params = {"num_output": weight.shape[0], "bias_term": False}
+    if ndim != 2:
+        params["axis"] = ndim - 1
+    return [ctx.layer("InnerProduct", [ctx.blob(a)], params=params, blobs=[weight])]
+
+
 @register("batch_norm")
 def batch_norm(node, ctx):
     p = node.params
