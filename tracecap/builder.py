@@ -15,7 +15,8 @@ import torch
 
 from tracecap import ops as opslib
 from tracecap.errors import CaptureError
-from tracecap.graph import Blob, Graph
+from tracecap.graph import Blob, Graph, map_structure
+from tracecap.recorder import _version
 
 # Calls that only read metadata: they return no tensor and carry no data out of the graph.
 _METADATA = frozenset({
@@ -53,15 +54,7 @@ def _flat_with_paths(prefix, obj, out):
 
 def _sub(obj, lookup):
     """obj with every tensor replaced by its Blob."""
-    if isinstance(obj, torch.Tensor):
-        return lookup[id(obj)]
-    if isinstance(obj, list):
-        return [_sub(o, lookup) for o in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_sub(o, lookup) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _sub(v, lookup) for k, v in obj.items()}
-    return obj
+    return map_structure(obj, lambda o: lookup[id(o)] if isinstance(o, torch.Tensor) else o)
 
 
 def _slot_of(params, tensor):
@@ -119,7 +112,7 @@ class Builder:
         blob.meta["path"] = name
         if kind == "input":
             self.g.inputs.append(blob)
-        self._bind_blob(t, blob, opslib_version(t))
+        self._bind_blob(t, blob, _version(t))
         return blob
 
     def _source_for(self, t, slot, ev):
@@ -131,7 +124,7 @@ class Builder:
         key = _alias_key(t)
         if key is not None and key in self.aliases:
             blob = self.aliases[key]
-            self._bind_blob(t, blob, opslib_version(t))
+            self._bind_blob(t, blob, _version(t))
             return blob
         explicit = self.explicit_inputs is not None
         path = self.outer_args.get(tid) or (self.outer_args.get(key) if key is not None else None)
@@ -341,13 +334,6 @@ class Builder:
                 f"no graph input found: no recorded op read a tensor passed to a call in the capture block "
                 f"(first op: {first.where()}). Call the model directly inside `with capture():`, "
                 f"or pass the input tensors with cap.build(inputs=...).")
-
-
-def opslib_version(t):
-    try:
-        return t._version
-    except RuntimeError:
-        return None
 
 
 def ev_label(ev):

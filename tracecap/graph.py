@@ -228,14 +228,23 @@ def _short_path(source):
     return source
 
 
-def _swap(obj, old, new):
-    if obj is old:
-        return new
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_swap(o, old, new) for o in obj) if not hasattr(obj, "_fields") else obj
+def map_structure(obj, fn):
+    """``obj`` with ``fn`` applied to every leaf inside lists, tuples and dicts (containers are copied).
+
+    Named tuples (``torch.return_types``, ``Size``-like) count as leaves. The one walker behind
+    argument snapshots, tensor->Blob substitution, Blob->value resolution and blob replacement.
+    """
+    if isinstance(obj, list):
+        return [map_structure(o, fn) for o in obj]
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(map_structure(o, fn) for o in obj)
     if isinstance(obj, dict):
-        return {k: _swap(v, old, new) for k, v in obj.items()}
-    return obj
+        return {k: map_structure(v, fn) for k, v in obj.items()}
+    return fn(obj)
+
+
+def _swap(obj, old, new):
+    return map_structure(obj, lambda o: new if o is old else o)
 
 
 def _jsonable(obj):

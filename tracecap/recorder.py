@@ -21,6 +21,7 @@ import threading
 
 import torch
 
+from tracecap.graph import map_structure
 from tracecap.surfacer import OP_CODE
 
 _MODULE_CALL_CODE = torch.nn.Module._call_impl.__code__
@@ -78,12 +79,10 @@ def _snapshot_args(args):
 
 def _snapshot(obj):
     """Copy containers so a list appended to after the call (DenseNet's feature list) keeps its value."""
-    if isinstance(obj, list):
-        return [_snapshot(o) for o in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_snapshot(o) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _snapshot(v) for k, v in obj.items()}
+    return map_structure(obj, _same)
+
+
+def _same(obj):
     return obj
 
 

@@ -7,31 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from tracecap.graph import Blob
+from tracecap.graph import Blob, map_structure
+from tracecap.recorder import _tensors
 
 
 def _resolve(obj, env):
-    if isinstance(obj, Blob):
-        return env[obj.name]
-    if isinstance(obj, list):
-        return [_resolve(o, env) for o in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_resolve(o, env) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _resolve(v, env) for k, v in obj.items()}
-    return obj
-
-
-def _flat(obj, out):
-    if isinstance(obj, torch.Tensor):
-        out.append(obj)
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            _flat(o, out)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            _flat(o, out)
-    return out
+    """obj with every Blob replaced by its value in ``env``."""
+    return map_structure(obj, lambda o: env[o.name] if isinstance(o, Blob) else o)
 
 
 def run(graph, *inputs, call=None, return_env=False):
@@ -55,11 +37,11 @@ def run(graph, *inputs, call=None, return_env=False):
                 if node.meta.get("inplace"):
                     args, kwargs = _clone_written(node, args, kwargs)
                 result = node.target(*args, **kwargs)
-            outs = _flat(result, [])
+            outs = _tensors(result, [])
             skip = set(node.meta.get("passthrough_outputs", ()))
             produced = [o for k, o in enumerate(outs) if k not in skip]
             if node.meta.get("inplace") and len(produced) < len(node.tops):
-                produced += [a for a in _flat(args, []) if a is not None][:len(node.tops) - len(produced)]
+                produced += _tensors(args, [])[:len(node.tops) - len(produced)]
             for top, value in zip(node.tops, produced):
                 env[top.name] = value
     outs = [env[b.name] for b in graph.outputs]
