@@ -15,7 +15,6 @@ import sys
 import time
 import warnings
 
-import numpy as np
 import torch
 
 from tracecap.errors import TracecapError
@@ -99,6 +98,7 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
     """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json)."""
     from tracecap import capture, runtimes
     from tracecap.mappers import caffe
+    from tracecap.verify import within_tolerance
 
     total = 4 if verify else 3
     t0 = time.perf_counter()
@@ -150,9 +150,9 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
             ok = True
             for bname, ref in zip(summary["outputs"], refs):
                 ref = ref.detach().numpy()
-                diff = float(np.abs(got[bname].reshape(ref.shape) - ref).max())
+                diff, agrees = within_tolerance(got[bname].reshape(ref.shape), ref)
                 worst = max(worst, diff)
-                ok = ok and diff <= 1e-4 * max(1.0, float(np.abs(ref).max()))
+                ok = ok and agrees
             summary["verify"][rt] = {"max_abs_diff": worst, "ok": ok}
             if not quiet:
                 print(f"      {rt}: max abs diff {worst:.3g} {'ok' if ok else 'TOO LARGE'}", file=sys.stderr)

@@ -31,6 +31,20 @@ def _conv_spatial(params):
     return out
 
 
+def _group_dilation(groups, dil):
+    """Convolution/Deconvolution `group` and `dilation` fields, omitted at their defaults."""
+    out = {}
+    if groups != 1:
+        out["group"] = groups
+    if dil != (1, 1):
+        out["dilation"] = [dil[0]] if dil[0] == dil[1] else list(dil)
+    return out
+
+
+def _weight_and_bias(ctx, weight, bias):
+    return [weight] + ([ctx.array(bias)] if bias is not None else [])
+
+
 def _pool_spatial(kernel, stride, pad):
     out = {}
     for key, (h, w) in (("kernel", kernel), ("stride", stride), ("pad", pad)):
@@ -118,11 +132,8 @@ def conv2d(node, ctx):
         padding = (padding[0] + pt, padding[1] + pl)
     params = {"num_output": weight.shape[0], "bias_term": p["bias"] is not None,
               **_conv_spatial({"kernel": (kh, kw), "stride": pair(p["stride"], "stride"), "pad": padding})}
-    if groups != 1:
-        params["group"] = groups
-    if dil != (1, 1):
-        params["dilation"] = [dil[0]] if dil[0] == dil[1] else list(dil)
-    blobs = [weight] + ([ctx.array(p["bias"])] if p["bias"] is not None else [])
+    params.update(_group_dilation(groups, dil))
+    blobs = _weight_and_bias(ctx, weight, p["bias"])
     return [ctx.layer("Convolution", [ctx.blob(source)], params=params, blobs=blobs)]
 
 
@@ -141,11 +152,8 @@ def conv_transpose2d(node, ctx):
     params = {"num_output": weight.shape[1] * groups, "bias_term": p["bias"] is not None,
               **_conv_spatial({"kernel": tuple(weight.shape[2:]), "stride": pair(p["stride"], "stride"),
                                "pad": (0, 0) if cropped else pad})}
-    if groups != 1:
-        params["group"] = groups
-    if dil != (1, 1):
-        params["dilation"] = [dil[0]] if dil[0] == dil[1] else list(dil)
-    blobs = [weight] + ([ctx.array(p["bias"])] if p["bias"] is not None else [])
+    params.update(_group_dilation(groups, dil))
+    blobs = _weight_and_bias(ctx, weight, p["bias"])
     if not cropped:
         return [ctx.layer("Deconvolution", [ctx.blob(p["input"])], params=params, blobs=blobs)]
     n, c, h, w = ctx.in_shape()
@@ -166,7 +174,7 @@ def linear(node, ctx):
     params = {"num_output": weight.shape[0], "bias_term": p["bias"] is not None}
     if ndim != 2:
         params["axis"] = ndim - 1  # nn.Linear acts on the last dimension
-    blobs = [weight] + ([ctx.array(p["bias"])] if p["bias"] is not None else [])
+    blobs = _weight_and_bias(ctx, weight, p["bias"])
     return [ctx.layer("InnerProduct", [ctx.blob(p["input"])], params=params, blobs=blobs)]
 
 
