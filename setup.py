@@ -13,6 +13,7 @@ setup(
         "tracecap.runtimes",
         "tracecap.mappers",
         "tracecap.mappers.caffe",
+        "tracecap.mappers.caffe.layers",
         "tracecap.legacy_models",
     ],
     package_dir={

@@ -205,8 +205,8 @@ def _kind(fd):
 
 
 def _label(fd):
-    from tracecap.mappers.caffe.netspec import _is_repeated
-    return "repeated" if _is_repeated(fd) else "optional"
+    from tracecap.mappers.caffe.wire import is_repeated
+    return "repeated" if is_repeated(fd) else "optional"
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)

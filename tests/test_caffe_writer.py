@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from tracecap import MappingError
-from tracecap.mappers.caffe import netspec, writer
+from tracecap import atomic
+from tracecap.mappers.caffe import netspec, wire, writer
 from tracecap.mappers.caffe.netspec import Layer, layer_types, param_field, to_net
 from tracecap.mappers.caffe.proto import DIALECTS, module_for
 
@@ -212,7 +213,7 @@ def test_failure_replacing_second_file_restores_the_first(tmp_path, monkeypatch,
             raise PermissionError("cannot replace the prototxt")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(writer.os, "replace", flaky_replace)
+    monkeypatch.setattr(atomic.os, "replace", flaky_replace)
     with pytest.raises(PermissionError):
         _save_via(entry, proto, model)
     monkeypatch.undo()
@@ -515,7 +516,7 @@ def test_save_parts_mixes_with_blobs_in_the_net_and_unknown_fields(tmp_path):
     conv = next(i for i, layer in enumerate(net.layer) if layer.name == "conv1")
     fc = next(i for i, layer in enumerate(net.layer) if layer.name == "fc")
     for arr in blobs[fc]:  # this layer's weights live in the net itself
-        net.layer[fc].blobs.add().MergeFromString(b"".join(netspec.blob_pieces(arr)))
+        net.layer[fc].blobs.add().MergeFromString(b"".join(wire.array_blob_pieces(arr)))
     full = by_protobuf(net, blobs[:fc] + [[]] + blobs[fc + 1:])
     blobs[fc] = []
     assert writer.caffemodel_bytes(net, blobs) == full.SerializeToString(deterministic=True)
@@ -583,7 +584,7 @@ def test_save_parts_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatc
         proto.write_bytes(b"old prototxt")
         model.write_bytes(b"old caffemodel")
     before = _listing(tmp_path)
-    real = writer.blob_pieces
+    real = writer.array_blob_pieces
     calls = []
 
     def fail_on_the_fifth_blob(arr):  # after several layers' bytes reached the file
@@ -593,7 +594,7 @@ def test_save_parts_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatc
         return real(arr)
 
     net, blobs = build("opencv", with_blobs=False)
-    monkeypatch.setattr(writer, "blob_pieces", fail_on_the_fifth_blob)
+    monkeypatch.setattr(writer, "array_blob_pieces", fail_on_the_fifth_blob)
     with pytest.raises(exc, match="disk on fire"):
         writer.save_parts(net, blobs, proto, model)
     assert len(calls) == 5

@@ -3,8 +3,8 @@
 Mappers describe a layer as data -- a :class:`Layer` with a Caffe type, a name,
 bottoms, tops, the fields of its ``*_param`` message as a dict and its weights
 as numpy arrays -- and :func:`to_net` turns a list of them into the generated
-protobuf message of one dialect. This module and ``writer`` are the only code
-that touches the protobuf classes.
+protobuf message of one dialect. Mappers never touch protobuf: this module
+fills the messages, ``wire`` and ``writer`` encode and write them.
 
 Nothing is dropped silently: an unknown layer type, an unknown field or a value
 of the wrong type raises :class:`tracecap.MappingError` naming the layer, its
@@ -23,7 +23,8 @@ import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
 
 from tracecap.errors import MappingError
-from tracecap.mappers.caffe.proto import DIALECTS, module_for
+from tracecap.mappers.caffe.proto import DIALECTS, PARAM_FIELD_OVERRIDES, PARAMETERLESS, module_for
+from tracecap.mappers.caffe.wire import array_blob_pieces, blob_array, is_repeated
 
 
 @dataclass
@@ -46,16 +47,6 @@ class Layer:
     extra: dict = field(default_factory=dict)
 
 
-# Layer types whose parameter message is not named after the type.
-_PARAM_OVERRIDES = {"Deconvolution": "convolution_param"}
-
-# Layer types that have no parameter message, per dialect. bvlc: BVLC master's
-# parameterless layers; opencv: those both OpenCV 4.x and brocolli-caffe create.
-_PARAMETERLESS = {
-    "bvlc": ("AbsVal", "BNLL", "Silence", "Split"),
-    "opencv": ("AbsVal", "BNLL", "HardSigmoid", "HardSwish", "ReLU6", "Silence", "Split"),
-}
-
 # LayerParameter fields that Layer sets through its own attributes.
 _STRUCTURAL = ("name", "type", "bottom", "top", "blobs")
 
@@ -67,9 +58,6 @@ _INT_RANGES = {
     _FD.CPPTYPE_UINT64: ("uint64", 0, 2**64 - 1),
 }
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_DATA_TAG = bytes([(5 << 3) | 2])   # BlobProto.data (packed float), length-delimited
-_SHAPE_TAG = bytes([(7 << 3) | 2])  # BlobProto.shape (BlobShape), length-delimited
-_DIM_TAG = bytes([(1 << 3) | 2])    # BlobShape.dim (packed int64), length-delimited
 
 
 class NetWithBlobs(NamedTuple):
@@ -102,10 +90,10 @@ def layer_types(dialect: str) -> Mapping[str, str | None]:
             msg = fd.message_type.name
             if msg.endswith("Parameter"):
                 types[msg[: -len("Parameter")]] = fd.name
-    for type_, fname in _PARAM_OVERRIDES.items():
+    for type_, fname in PARAM_FIELD_OVERRIDES.items():
         if fname in desc.fields_by_name:
             types[type_] = fname
-    for type_ in _PARAMETERLESS[dialect]:
+    for type_ in PARAMETERLESS[dialect]:
         types.setdefault(type_, None)
     return MappingProxyType(types)
 
@@ -203,7 +191,7 @@ def _add_layer(net, layer: Layer, dialect, types, produced: set, names: set, blo
     arrays = [blob_array(blob, f"{ctx}: blob {i}") for i, blob in enumerate(layer.blobs)]
     if blobs_out is None:
         for arr in arrays:
-            lp.blobs.add().MergeFromString(b"".join(blob_pieces(arr)))
+            lp.blobs.add().MergeFromString(b"".join(array_blob_pieces(arr)))
     else:
         blobs_out.append(arrays)
     if not lp.IsInitialized():
@@ -229,7 +217,7 @@ def _fill(msg, values, ctx: str, path: str, dialect: str) -> None:
         if value is None:
             raise MappingError(f"{ctx}: field {where!r} is None; leave the field out instead")
         is_msg = fd.cpp_type == _FD.CPPTYPE_MESSAGE
-        if _is_repeated(fd):
+        if is_repeated(fd):
             if isinstance(value, np.ndarray) and value.ndim == 1:
                 value = value.tolist()
             if not isinstance(value, (list, tuple)):
@@ -247,13 +235,6 @@ def _fill(msg, values, ctx: str, path: str, dialect: str) -> None:
             _fill(sub, value, ctx, where, dialect)
         else:
             setattr(msg, key, _scalar(fd, value, ctx, where))
-
-
-def _is_repeated(fd) -> bool:
-    rep = getattr(fd, "is_repeated", None)  # protobuf >= 6 (where `label` is going away)
-    if isinstance(rep, bool):
-        return rep
-    return fd.label == _FD.LABEL_REPEATED
 
 
 def _scalar(fd, value, ctx: str, where: str):
@@ -294,55 +275,3 @@ def _scalar(fd, value, ctx: str, where: str):
     raise MappingError(f"{ctx}: field {where!r} has a type tracecap does not set")
 
 
-def blob_array(blob, ctx: str = "blob") -> np.ndarray:
-    """``blob`` as the array a Caffe blob stores: float32, little-endian, C order.
-
-    No copy when it already is one; 0-d arrays stay 0-d. Raises MappingError
-    (prefixed with ``ctx``) for what cannot be stored as float32.
-    """
-    try:
-        arr = np.asarray(blob)
-    except Exception as e:  # e.g. a tensor that requires grad
-        raise MappingError(f"{ctx}: cannot be read as an array: {e}") from e
-    if arr.dtype.kind not in "biuf":
-        raise MappingError(f"{ctx}: dtype {arr.dtype} cannot be stored in a Caffe blob (float32)")
-    return np.asarray(arr, dtype="<f4", order="C")
-
-
-def blob_pieces(arr: np.ndarray) -> list:
-    """The canonical encoding of the BlobProto holding ``arr`` (a :func:`blob_array`), in pieces.
-
-    Fields in number order, as protobuf's deterministic serialization has
-    them: ``data`` (5, packed float: the array's own buffer, not copied) when
-    non-empty, then ``shape`` (7, a BlobShape of packed int64 dims; always
-    present, empty for a 0-d array). ``b"".join`` of the pieces is the message.
-    The one encoder of array blobs: ``to_net`` parses it into BlobProto
-    messages and ``writer.save_parts`` writes it straight to the file.
-    """
-    dims = b"".join(encode_varint(int(d)) for d in arr.shape)
-    shape = _DIM_TAG + encode_varint(len(dims)) + dims if dims else b""
-    pieces = packed_float_field(memoryview(arr.reshape(-1)).cast("B")) if arr.size else []
-    pieces.append(_SHAPE_TAG + encode_varint(len(shape)) + shape)
-    return pieces
-
-
-def packed_float_field(view) -> list:
-    """BlobProto.data framed around the little-endian float32 bytes ``view``: [tag + length, view]."""
-    return [_DATA_TAG + encode_varint(view.nbytes), view]
-
-
-def encode_varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    if value < 0x80:  # the common case (tags, dims, small lengths)
-        return _ONE_BYTE[value]
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-_ONE_BYTE = tuple(bytes((i,)) for i in range(0x80))

