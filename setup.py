@@ -10,6 +10,7 @@ setup(
     packages=[
         "tracecap",
         "tracecap.checkpoint",
+        "tracecap.legacy",
         "tracecap.runtimes",
         "tracecap.mappers",
         "tracecap.mappers.caffe",
