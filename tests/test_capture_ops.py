@@ -15,7 +15,7 @@ from torch.autograd import Variable
 
 import tracecap
 from tracecap import replay
-import reference_executor
+from tracecap.ops import reference as reference_executor
 
 
 def _capture(fn, *inputs):

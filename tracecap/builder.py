@@ -15,22 +15,8 @@ import torch
 
 from tracecap import ops as opslib
 from tracecap.errors import CaptureError
-from tracecap.graph import Blob, Graph, map_structure
+from tracecap.graph import Blob, Graph, Quantization, map_structure
 from tracecap.recorder import _version
-
-# Calls that only read metadata: they return no tensor and carry no data out of the graph.
-_METADATA = frozenset({
-    "size", "dim", "shape", "numel", "__len__", "is_contiguous", "dtype", "device", "is_cuda", "stride",
-    "storage_offset", "requires_grad", "ndimension", "nelement", "element_size", "is_floating_point",
-    "layout", "names", "grad_fn", "is_leaf", "__format__", "__repr__", "__str__", "data_ptr", "get_device",
-    "_version", "__hash__", "ndim", "is_quantized", "is_sparse", "is_complex", "grad", "is_mkldnn",
-    "_is_view", "_base", "untyped_storage", "storage", "has_names", "is_nested", "is_meta", "__dir__",
-    "__reduce_ex__", "__deepcopy__", "output_nr", "_cdata", "retains_grad", "is_inference", "__array__",
-})
-# Calls whose result is the same values under a new tensor object (storage shared)
-_ALIAS_OPS = frozenset({"alias", "detach"})
-# Calls that turn tensor data into Python values: anything computed from them is invisible to us.
-_ESCAPES = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "__array__"})
 
 
 def _alias_key(t):
@@ -108,7 +94,8 @@ class Builder:
             self.aliases.setdefault(key, blob)
 
     def _new_source(self, t, kind, name):
-        blob = self.g.add_blob(name, kind, tuple(t.shape), t.dtype, value=t if kind != "input" else None)
+        blob = self.g.add_blob(name, kind, tuple(t.shape), t.dtype, value=t if kind != "input" else None,
+                               quant=Quantization.of(t))
         blob.meta["path"] = name
         if kind == "input":
             self.g.inputs.append(blob)
@@ -169,7 +156,7 @@ class Builder:
         """One recorded call -> nothing (metadata, pass-through), a constant, an alias, or a Node."""
         raw = opslib.raw_name(ev.func)
         op, swap, inplace_name = opslib.canonical_name(ev.func)
-        if not ev.outputs and raw in _METADATA:
+        if not ev.outputs and raw in opslib.METADATA:
             return
         try:
             params = opslib.bind(op, ev.args, ev.kwargs)
@@ -180,7 +167,7 @@ class Builder:
         else:
             written = [i for i, (a, b) in enumerate(zip(ev.in_versions, ev.after_versions)) if a != b]
         if not ev.outputs and not written:
-            if raw in _ESCAPES and any(not self._known_constant(t) for t in ev.inputs):
+            if raw in opslib.ESCAPES and any(not self._known_constant(t) for t in ev.inputs):
                 self.escapes.append((raw, ev.source))
             return
 
@@ -189,7 +176,7 @@ class Builder:
         params = opslib.normalize(op, swap, _sub(params, lookup),
                                   input_ndim=ev.inputs[0].dim() if ev.inputs else None)
         constant = all(b.is_constant for b in bottoms)
-        if op in _ALIAS_OPS and not written and len(ev.outputs) == 1 and id(ev.outputs[0]) not in self.current:
+        if op in opslib.ALIAS_OPS and not written and len(ev.outputs) == 1 and id(ev.outputs[0]) not in self.current:
             # x.data / x.detach(): the same values under another tensor object - one blob for both,
             # so a later in-place write through either is seen by readers of the other
             self._bind_blob(ev.outputs[0], lookup[id(ev.inputs[0])], ev.out_info[0][2])
@@ -212,7 +199,7 @@ class Builder:
                 "passthrough_outputs": [k for k, t in enumerate(tops) if t is None]}
         self.g.create_node(ev_label(ev), op, params, target=ev.func,
                            args=_sub(ev.args, lookup), kwargs=_sub(ev.kwargs, lookup),
-                           bottoms=bottoms, tops=real_tops, meta=meta)
+                           tops=real_tops, meta=meta)
 
     def _bottoms(self, ev, params):
         """The blobs an event reads, classifying tensors seen for the first time; refuses stale reads."""
@@ -286,12 +273,13 @@ class Builder:
 
     def _version_blob(self, old, t, shape, dtype, value, constant, label):
         kind = "const" if constant else "activation"
+        value, quant = (value if constant else None), Quantization.of(t)
         if old is None:
-            return self.g.add_blob(label, kind, shape, dtype, value=value if constant else None)
+            return self.g.add_blob(label, kind, shape, dtype, value=value, quant=quant)
         root = old.meta.get("root", old)
         count = root.meta.get("versions", 0) + 1
         root.meta["versions"] = count
-        blob = self.g.add_blob(f"{root.name}@{count}", kind, shape, dtype, value=value if constant else None)
+        blob = self.g.add_blob(f"{root.name}@{count}", kind, shape, dtype, value=value, quant=quant)
         blob.meta["root"] = root
         blob.meta["version"] = count
         return blob
@@ -352,36 +340,4 @@ def build_graph(recorder, inputs=None, outputs=None):
     return Builder(recorder, inputs, outputs).build()
 
 
-def assign_names(graph):
-    """Final, readable names: a node alone in its module scope takes the scope's name
-    (``features.0``), others ``scope.op`` (``layer1.0.relu``); activations take their
-    producer's name, in-place versions ``name@k``; sources keep their paths."""
-    from collections import Counter
-    per_call = Counter((n.meta.get("scope", ""), n.meta.get("call")) for n in graph.nodes)
-    graph._names = {"node": set(), "blob": set()}
-    new_blobs = {}
-
-    def take(blob, base):
-        blob.name = graph.unique_name(base)
-        new_blobs[blob.name] = blob
-
-    for blob in graph.inputs:
-        take(blob, blob.meta.get("path", blob.name))
-    for blob in graph.blobs.values():
-        if blob.is_constant and blob.producer is None and blob not in graph.inputs:
-            take(blob, blob.meta.get("label", blob.name))
-    for node in graph.nodes:
-        scope = node.meta.get("scope", "")
-        base = scope if scope and per_call[scope, node.meta.get("call")] == 1 else (f"{scope}.{node.op}" if scope else node.op)
-        node.name = graph.unique_name(base, "node")
-        for k, top in enumerate(node.tops):
-            root = top.meta.get("root")
-            if root is not None:
-                take(top, f"{root.name}@{top.meta['version']}")
-            else:
-                take(top, node.name if k == 0 else f"{node.name}.{k}")
-    graph.blobs = new_blobs
-    return graph
-
-
-__all__ = ["build_graph", "assign_names", "Blob"]
+__all__ = ["build_graph", "Blob"]

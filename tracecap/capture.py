@@ -74,7 +74,7 @@ class capture:
         graph = builder.build_graph(self._recorder, inputs, outputs)
         if clean:
             passes.cleanup(graph)
-        return builder.assign_names(graph)
+        return graph.assign_names()
 
     @property
     def graph(self):

@@ -4,7 +4,8 @@ A ``Blob`` is one value: a graph input, an activation produced by a node, or a
 constant (parameter, buffer, or a tensor computed without the inputs). An
 in-place op produces a *new version* of a blob (``x``, ``x@1``, ...), so every
 edge points at exactly the value it consumed. Nodes are created only through
-``Graph.create_node``, which keeps ``producer``/``users`` consistent.
+``Graph.create_node``; a node's bottoms derive from its params, and changing
+those (``set_param``, ``replace_input``) keeps ``producer``/``users`` right.
 """
 from __future__ import annotations
 
@@ -14,21 +15,67 @@ BLOB_KINDS = ("input", "activation", "param", "const")
 
 _NAME_OK = re.compile(r"[^A-Za-z0-9_.\-/@]")
 
+QUANT_SCHEMES = ("per_tensor_affine", "per_channel_affine")
+
+
+class Quantization:
+    """How a quantized tensor's integers map to real values: ``x = (q - zero_point) * scale``.
+
+    ``scheme`` is per-tensor (``scale``/``zero_point`` are numbers) or per-channel (tuples, one
+    entry per index of ``axis``); ``dtype`` is the integer type (``torch.quint8``, ``qint8``,
+    ``qint32``).
+    """
+
+    __slots__ = ("scheme", "dtype", "scale", "zero_point", "axis")
+
+    def __init__(self, scheme, dtype, scale, zero_point, axis=None):
+        if scheme not in QUANT_SCHEMES:
+            raise ValueError(f"quantization scheme {scheme!r} is not one of {QUANT_SCHEMES}")
+        if (scheme == "per_channel_affine") != (axis is not None):
+            raise ValueError(f"{scheme}: axis must be given exactly for per-channel quantization, got {axis!r}")
+        self.scheme, self.dtype, self.axis = scheme, dtype, axis
+        self.scale, self.zero_point = scale, zero_point
+
+    @classmethod
+    def of(cls, tensor):
+        """The quantization of a quantized torch tensor, or None for any other tensor."""
+        if not getattr(tensor, "is_quantized", False):
+            return None
+        import torch
+        if tensor.qscheme() in (torch.per_channel_affine, torch.per_channel_affine_float_qparams):
+            return cls("per_channel_affine", tensor.dtype,
+                       tuple(float(v) for v in tensor.q_per_channel_scales()),
+                       tuple(int(v) for v in tensor.q_per_channel_zero_points()), int(tensor.q_per_channel_axis()))
+        return cls("per_tensor_affine", tensor.dtype, float(tensor.q_scale()), int(tensor.q_zero_point()))
+
+    def __eq__(self, other):
+        return isinstance(other, Quantization) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __repr__(self):
+        axis = f", axis={self.axis}" if self.axis is not None else ""
+        return f"Quantization({self.scheme}, {self.dtype}, scale={self.scale}, zero_point={self.zero_point}{axis})"
+
 
 class Blob:
-    """One tensor value in the graph."""
+    """One tensor value in the graph.
 
-    __slots__ = ("name", "kind", "shape", "dtype", "producer", "users", "value", "meta")
+    ``quant`` is the tensor's :class:`Quantization` when it is a quantized tensor, else None.
+    ``users`` is an insertion-ordered set (a dict with None values, as in torch.fx): a node reading
+    a blob twice (``x + x``) is one user.
+    """
 
-    def __init__(self, name, kind, shape=None, dtype=None, value=None):
+    __slots__ = ("name", "kind", "shape", "dtype", "quant", "producer", "users", "value", "meta")
+
+    def __init__(self, name, kind, shape=None, dtype=None, value=None, quant=None):
         if kind not in BLOB_KINDS:
             raise ValueError(f"blob {name!r}: kind {kind!r} is not one of {BLOB_KINDS}")
         self.name = name
         self.kind = kind
         self.shape = tuple(shape) if shape is not None else None
         self.dtype = dtype
+        self.quant = quant
         self.producer = None      # Node that wrote this version (None for inputs/constants)
-        self.users = []           # Nodes that read this version, in execution order
+        self.users = {}           # Nodes that read this version, in execution order (keys; values None)
         self.value = value        # torch.Tensor for param/const blobs, else None
         self.meta = {}
 
@@ -41,29 +88,84 @@ class Blob:
         return f"%{self.name}[{shape}]"
 
 
+def blobs_in(obj):
+    """The distinct Blobs inside ``obj`` (lists, tuples, dicts, any depth), in walk order."""
+    found = {}
+    map_structure(obj, lambda o: found.setdefault(o, None) if isinstance(o, Blob) else None)
+    return list(found)
+
+
 class Node:
     """One recorded op.
 
     ``op``     canonical op name (``conv2d``, ``add``, ``getitem`` ...), see tracecap.ops
-    ``params`` the op's arguments bound to canonical names; tensors appear as Blobs
-    ``target``/``args``/``kwargs`` the exact call that ran (Blobs in place of tensors), for replay
+    ``params`` the op's arguments bound to canonical names; tensors appear as Blobs. Setting it
+               (or ``set_param``/``replace_input``) re-derives ``bottoms`` and the users of the
+               blobs involved, as fx's ``args`` setter does: edges never need editing by hand.
+    ``target``/``args``/``kwargs`` the exact call that ran (Blobs in place of tensors), for replay;
+               ``target`` None means "replay from op and params" (after a pass rewrote them)
     ``meta``   scope (module path), module (class name), source ("file:line"), inplace flag ...
     """
 
-    __slots__ = ("graph", "name", "op", "params", "target", "args", "kwargs", "bottoms", "tops", "meta")
+    __slots__ = ("graph", "name", "op", "_params", "target", "args", "kwargs", "_bottoms", "tops", "meta")
 
-    def __init__(self, graph, name, op, params, target, args, kwargs, bottoms, tops, meta):
+    def __init__(self, graph, name, op, params, target, args, kwargs, tops, meta):
         self.graph = graph
         self.name = name
         self.op = op
-        self.params = params
+        self._params = {}
+        self._bottoms = []
         self.target = target
         self.args = args
         self.kwargs = kwargs
-        self.bottoms = list(bottoms)
         self.tops = list(tops)
         self.meta = meta
+        self.params = params
 
+    # -- edges --------------------------------------------------------------------------
+    @property
+    def params(self):
+        return self._params
+
+    @params.setter
+    def params(self, params):
+        self._params = params
+        self._refresh_bottoms()
+
+    @property
+    def bottoms(self):
+        """The distinct Blobs this node reads, in the order of its params (derived: do not edit)."""
+        return self._bottoms
+
+    def set_param(self, key, value):
+        """Set one canonical parameter (a Blob, a number, None ...) and keep the edges right."""
+        self._params[key] = value
+        self._refresh_bottoms()
+
+    def replace_input(self, old, new):
+        """Read Blob ``new`` wherever this node read ``old``: params, args and kwargs, in one place."""
+        def swap(obj):
+            return map_structure(obj, lambda o: new if o is old else o)
+        self._params = swap(self._params)
+        self.args = swap(self.args)
+        self.kwargs = swap(self.kwargs)
+        self._refresh_bottoms()
+
+    def _refresh_bottoms(self):
+        new = blobs_in(self._params)
+        for b in self._bottoms:
+            if b not in new:
+                b.users.pop(self, None)
+        for b in new:
+            b.users[self] = None
+        self._bottoms = new
+
+    def _detach(self):
+        for b in self._bottoms:
+            b.users.pop(self, None)
+        self._bottoms = []
+
+    # -- presentation ---------------------------------------------------------------------
     @property
     def source(self):
         return self.meta.get("source", "?")
@@ -88,6 +190,33 @@ class Node:
         return f"<Node {self.name}: {self.op}>"
 
 
+class Namespace:
+    """Unique, legal names, one space per kind ("node", "blob": Caffe, too, keeps them apart).
+
+    A taken base gets the first free ``base_1``, ``base_2`` ...; each base remembers where its
+    search stopped, so naming n nodes costs O(n) and not O(n^2) (fx's ``_Namespace`` idea).
+    Names are never released, which is what makes the remembered position correct.
+    """
+
+    def __init__(self):
+        self._taken = {"node": set(), "blob": set()}
+        self._next = {"node": {}, "blob": {}}
+
+    def __call__(self, base, space="blob"):
+        taken, nexts = self._taken[space], self._next[space]
+        base = _NAME_OK.sub("_", str(base)) or "v"
+        name = base
+        if name in taken:
+            i = nexts.get(base, 1)
+            name = f"{base}_{i}"
+            while name in taken:
+                i += 1
+                name = f"{base}_{i}"
+            nexts[base] = i + 1
+        taken.add(name)
+        return name
+
+
 class Graph:
     """Nodes in execution order, the blobs they join, and the graph's inputs/outputs."""
 
@@ -97,33 +226,26 @@ class Graph:
         self.inputs = []
         self.outputs = []
         self.warnings = []
-        self._names = {"node": set(), "blob": set()}  # Caffe, too, keeps layer and blob names apart
+        self._namespace = Namespace()
 
     # -- construction -----------------------------------------------------------------
     def unique_name(self, base, space="blob"):
         """The one namer: legal characters, unique within its space ("node" or "blob") by suffix."""
-        taken = self._names[space]
-        base = _NAME_OK.sub("_", str(base)) or "v"
-        name, i = base, 1
-        while name in taken:
-            name = f"{base}_{i}"
-            i += 1
-        taken.add(name)
-        return name
+        return self._namespace(base, space)
 
-    def add_blob(self, base_name, kind, shape=None, dtype=None, value=None):
+    def add_blob(self, base_name, kind, shape=None, dtype=None, value=None, quant=None):
         name = self.unique_name(base_name)
-        blob = Blob(name, kind, shape, dtype, value)
+        blob = Blob(name, kind, shape, dtype, value, quant)
         self.blobs[name] = blob
         return blob
 
-    def create_node(self, name, op, params, target=None, args=(), kwargs=None, bottoms=(), tops=(), meta=None):
-        node = Node(self, self.unique_name(name, "node"), op, params, target, args, kwargs or {}, bottoms, tops, meta or {})
-        for b in node.bottoms:
-            b.users.append(node)
-        for t in node.tops:
+    def create_node(self, name, op, params, target=None, args=(), kwargs=None, tops=(), meta=None):
+        """A new node at the end; its bottoms are the Blobs in ``params``."""
+        for t in tops:
             if t.producer is not None:
                 raise ValueError(f"blob {t.name} already has producer {t.producer.name}; in-place writes need a new version")
+        node = Node(self, self.unique_name(name, "node"), op, params, target, args, kwargs or {}, tops, meta or {})
+        for t in node.tops:
             t.producer = node
         self.nodes.append(node)
         return node
@@ -133,21 +255,50 @@ class Graph:
         for t in node.tops:
             if t.users or t in self.outputs:
                 raise ValueError(f"cannot erase {node.name}: its top {t.name} is still used")
+        for t in node.tops:
             self.blobs.pop(t.name, None)
-        for b in node.bottoms:
-            b.users = [u for u in b.users if u is not node]
+        node._detach()
         self.nodes.remove(node)
 
     def replace_uses(self, old, new):
         """Make every reader of blob ``old`` read ``new`` instead (params/args included)."""
-        for user in old.users:
-            user.bottoms = [new if b is old else b for b in user.bottoms]
-            user.params = _swap(user.params, old, new)
-            user.args = _swap(user.args, old, new)
-            user.kwargs = _swap(user.kwargs, old, new)
-            new.users.append(user)
-        old.users = []
+        for user in list(old.users):
+            user.replace_input(old, new)
         self.outputs = [new if o is old else o for o in self.outputs]
+
+    def assign_names(self):
+        """Final, readable names (run once, after the clean-up passes).
+
+        A node alone in its module call takes the scope's name (``features.0``), others
+        ``scope.op`` (``layer1.0.relu``); activations take their producer's name (``name.k`` for
+        its k-th top), in-place versions ``root@k``; inputs keep their argument path, constants
+        their label. Reads the builder's ``meta`` keys: node ``scope``/``call``, blob ``path``,
+        ``label``, ``root``, ``version``.
+        """
+        from collections import Counter
+        per_call = Counter((n.meta.get("scope", ""), n.meta.get("call")) for n in self.nodes)
+        self._namespace = Namespace()
+        renamed = {}
+
+        def take(blob, base):
+            blob.name = self.unique_name(base)
+            renamed[blob.name] = blob
+
+        for blob in self.inputs:
+            take(blob, blob.meta.get("path", blob.name))
+        for blob in self.blobs.values():
+            if blob.is_constant and blob.producer is None and blob not in self.inputs:
+                take(blob, blob.meta.get("label", blob.name))
+        for node in self.nodes:
+            scope = node.meta.get("scope", "")
+            alone = scope and per_call[scope, node.meta.get("call")] == 1
+            node.name = self.unique_name(scope if alone else (f"{scope}.{node.op}" if scope else node.op), "node")
+            for k, top in enumerate(node.tops):
+                root = top.meta.get("root")
+                take(top, f"{root.name}@{top.meta['version']}" if root is not None
+                     else (node.name if k == 0 else f"{node.name}.{k}"))
+        self.blobs = renamed
+        return self
 
     # -- queries ----------------------------------------------------------------------
     @property
@@ -157,31 +308,20 @@ class Graph:
 
     def lint(self):
         """Check the invariants mappers rely on; raise ValueError saying how to fix."""
-        seen = set(id(b) for b in self.inputs)
-        seen.update(id(b) for b in self.blobs.values() if b.is_constant)
-        for node in self.nodes:
-            if node.graph is not self:
-                raise ValueError(f"{node.name} belongs to another graph")
-            for b in node.bottoms:
-                if id(b) not in seen:
-                    raise ValueError(f"{node.where()} reads {b.name} before it is produced (nodes out of order?)")
-                if node not in b.users:
-                    raise ValueError(f"{b.name}.users misses {node.name}: build edges with create_node/replace_uses")
-            for t in node.tops:
-                if t.producer is not node:
-                    raise ValueError(f"{t.name}.producer is not {node.name}")
-                seen.add(id(t))
-        for o in self.outputs:
-            if id(o) not in seen:
-                raise ValueError(f"output {o.name} is never produced")
+        _Lint(self).run()
         return True
 
     # -- presentation -----------------------------------------------------------------
     def to_dict(self):
         """JSON-ready description (no tensor data)."""
         def blob(b):
-            return {"name": b.name, "kind": b.kind, "shape": list(b.shape) if b.shape else None,
-                    "dtype": str(b.dtype).replace("torch.", "") if b.dtype is not None else None}
+            out = {"name": b.name, "kind": b.kind, "shape": list(b.shape) if b.shape else None,
+                   "dtype": str(b.dtype).replace("torch.", "") if b.dtype is not None else None}
+            if b.quant is not None:
+                q = b.quant
+                out["quant"] = {"scheme": q.scheme, "dtype": str(q.dtype).replace("torch.", ""),
+                                "scale": q.scale, "zero_point": q.zero_point, "axis": q.axis}
+            return out
         return {
             "inputs": [blob(b) for b in self.inputs],
             "outputs": [blob(b) for b in self.outputs],
@@ -228,11 +368,62 @@ def _short_path(source):
     return source
 
 
+class _Lint:
+    """The checks behind ``Graph.lint``: names, ownership, edges, order."""
+
+    def __init__(self, graph):
+        self.g = graph
+
+    def run(self):
+        self.names()
+        seen = set(id(b) for b in self.g.inputs)
+        seen.update(id(b) for b in self.g.blobs.values() if b.is_constant)
+        for node in self.g.nodes:
+            self.edges(node)
+            for b in node.bottoms:
+                if id(b) not in seen:
+                    raise ValueError(f"{node.where()} reads {b.name} before it is produced (nodes out of order?)")
+            for t in node.tops:
+                if t.producer is not node:
+                    raise ValueError(f"{t.name}.producer is not {node.name}")
+                seen.add(id(t))
+        for o in self.g.outputs:
+            if id(o) not in seen:
+                raise ValueError(f"output {o.name} is never produced")
+
+    def names(self):
+        for key, blob in self.g.blobs.items():
+            if blob.name != key:
+                raise ValueError(f"graph.blobs[{key!r}] is blob {blob.name!r}: rename blobs with Graph.assign_names")
+        names = [n.name for n in self.g.nodes]
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"node names are not unique: {', '.join(dup)}; name nodes with Graph.unique_name")
+
+    def edges(self, node):
+        if node.graph is not self.g:
+            raise ValueError(f"{node.name} belongs to another graph")
+        if node.bottoms != blobs_in(node.params):
+            raise ValueError(f"{node.where()}: bottoms {[b.name for b in node.bottoms]} are not the Blobs in its "
+                             f"params; change params with Node.set_param/replace_input, not in place")
+        for b in node.bottoms:
+            if node not in b.users:
+                raise ValueError(f"{b.name}.users misses {node.name}: change edges with Node.set_param/replace_input")
+            if self.g.blobs.get(b.name) is not b:
+                raise ValueError(f"{node.where()} reads {b.name}, which is not in graph.blobs")
+        for t in node.tops:
+            for user in t.users:
+                if t not in user.bottoms:
+                    raise ValueError(f"{t.name}.users holds {user.name}, which does not read it")
+
+
 def map_structure(obj, fn):
     """``obj`` with ``fn`` applied to every leaf inside lists, tuples and dicts (containers are copied).
 
-    Named tuples (``torch.return_types``, ``Size``-like) count as leaves. The one walker behind
-    argument snapshots, tensor->Blob substitution, Blob->value resolution and blob replacement.
+    Named tuples (``torch.return_types``, ``Size``-like) count as leaves. Behind argument
+    snapshots, tensor->Blob substitution, Blob->value resolution and blob replacement (the
+    recorder's ``_tensors`` and the builder's ``_flat_with_paths`` walk too, but collect
+    instead of copying).
     """
     if isinstance(obj, list):
         return [map_structure(o, fn) for o in obj]
@@ -241,10 +432,6 @@ def map_structure(obj, fn):
     if isinstance(obj, dict):
         return {k: map_structure(v, fn) for k, v in obj.items()}
     return fn(obj)
-
-
-def _swap(obj, old, new):
-    return map_structure(obj, lambda o: new if o is old else o)
 
 
 def _jsonable(obj):

@@ -1,12 +1,30 @@
-"""Graph -> Graph clean-ups, each a plain function returning whether it changed anything."""
+"""Graph -> Graph rewrites, each a plain function returning whether it changed anything.
+
+``run_passes`` runs a list of them, lints the graph after each, and reports which changed
+it; ``cleanup`` (what ``capture`` runs) and ``--fold-bn`` go through it. Passes edit a node
+through the IR's edge API (``Node.set_param``, ``Graph.replace_uses``, ``Graph.erase_node``),
+never its bottoms or users by hand. A pass that changes a node's computation sets its
+``target`` to None: the recorded call no longer matches, and replay computes the node from
+its op and params (``tracecap.ops.reference``).
+"""
 from __future__ import annotations
 
 from tracecap.graph import Blob
-from tracecap.ops import IDENTITY_OPS
+from tracecap.ops import CAST_OPS, DROPOUT_OPS, EXPAND_OPS, IDENTITY_OPS, RESHAPE_OPS
 
-_DROPOUTS = frozenset({"dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"})
-_CASTS = frozenset({"float", "to", "type_as", "double", "half", "type", "expand_as", "expand"})
-_RESHAPES = frozenset({"view", "reshape", "flatten", "view_as", "reshape_as"})
+
+def run_passes(graph, passes, lint=True):
+    """Run each pass on ``graph`` in turn (linting after each); return {pass name: changed?}."""
+    report = {}
+    for p in passes:
+        name = getattr(p, "__name__", repr(p))
+        report[name] = bool(p(graph))
+        if lint:
+            try:
+                graph.lint()
+            except ValueError as exc:
+                raise ValueError(f"after pass {name}: {exc}") from None
+    return report
 
 
 def _data_input(node):
@@ -22,9 +40,9 @@ def is_identity(node):
     top = node.tops[0]
     if node.op in IDENTITY_OPS:
         return True
-    if node.op in _DROPOUTS:
+    if node.op in DROPOUT_OPS:
         return not node.params.get("training", False)
-    if node.op in _CASTS or node.op in _RESHAPES:
+    if node.op in CAST_OPS or node.op in EXPAND_OPS or node.op in RESHAPE_OPS:
         return top.shape == src.shape and top.dtype == src.dtype
     return False
 
@@ -49,11 +67,68 @@ def eliminate_dead_code(graph):
     return changed
 
 
+def _foldable_zero_pad(node):
+    """(top, left) of a symmetric, non-negative zero ``pad`` node read only as convolution inputs."""
+    if node.op != "pad" or len(node.tops) != 1:
+        return None
+    p = node.params
+    pads = tuple(p["pad"]) if isinstance(p["pad"], (list, tuple)) else ()
+    if p["mode"] != "constant" or (p["value"] or 0) != 0 or len(pads) != 4 or min(pads) < 0:
+        return None
+    left, right, top, bottom = pads
+    out = node.tops[0]
+    if left != right or top != bottom or out in node.graph.outputs or not out.users:
+        return None
+    if not all(u.op == "conv2d" and u.params["input"] is out and _numeric_padding(u) is not None
+               for u in out.users):
+        return None
+    return top, left
+
+
+def _numeric_padding(conv):
+    """A conv2d's padding as (h, w) numbers; None for padding='same' that pads asymmetrically."""
+    padding = conv.params["padding"]
+    if padding == "valid":
+        return 0, 0
+    if padding == "same":
+        weight, dil = conv.params["weight"], _pair(conv.params["dilation"])
+        if not isinstance(weight, Blob) or weight.shape is None or len(weight.shape) != 4:
+            return None
+        eff = [(k - 1) * d for k, d in zip(weight.shape[2:], dil)]
+        return None if eff[0] % 2 or eff[1] % 2 else (eff[0] // 2, eff[1] // 2)
+    return _pair(padding)
+
+
+def fold_pad_into_conv(graph):
+    """A symmetric zero pad (``ZeroPad2d``, ``F.pad``) read only by convolutions becomes their padding."""
+    changed = False
+    for node in list(graph.nodes):
+        extra = _foldable_zero_pad(node)
+        if extra is None:
+            continue
+        for conv in list(node.tops[0].users):
+            ph, pw = _numeric_padding(conv)
+            conv.set_param("padding", (ph + extra[0], pw + extra[1]))
+            conv.replace_input(node.tops[0], node.params["input"])
+            conv.target, conv.args, conv.kwargs = None, (), {}
+            conv.meta["folded_pad"] = node.name
+        graph.erase_node(node)
+        changed = True
+    return changed
+
+
+def _pair(v):
+    if isinstance(v, (list, tuple)):
+        return (int(v[0]), int(v[0])) if len(v) == 1 else (int(v[0]), int(v[1]))
+    return int(v), int(v)
+
+
+DEFAULT_PASSES = (drop_identities, eliminate_dead_code, fold_pad_into_conv)
+
+
 def cleanup(graph):
-    """The default pipeline run by capture: identities out, then dead code out."""
-    drop_identities(graph)
-    eliminate_dead_code(graph)
-    graph.lint()
+    """The default pipeline run by capture: identities out, dead code out, zero pads into convolutions."""
+    run_passes(graph, DEFAULT_PASSES)
     return graph
 
 
@@ -65,7 +140,6 @@ def fold_batchnorm(graph):
     constants; runs in place and returns whether anything changed.
     """
     import torch
-    import torch.nn.functional as F
 
     changed = False
     for bn in list(graph.nodes):
@@ -90,24 +164,13 @@ def fold_batchnorm(graph):
         dtype = p["weight"].value.dtype
         new_w = (weight * scale.view(-1, *([1] * (weight.dim() - 1)))).to(dtype)
         new_b = ((bias - mean) * scale + beta).to(dtype)
-        w_blob = graph.add_blob(f"{layer.name}.weight_folded", "const", tuple(new_w.shape), dtype, value=new_w)
-        b_blob = graph.add_blob(f"{layer.name}.bias_folded", "const", tuple(new_b.shape), dtype, value=new_b)
-        for old in [p["weight"]] + ([p["bias"]] if p["bias"] is not None else []):
-            old.users = [u for u in old.users if u is not layer]
-        layer.bottoms = [b for b in layer.bottoms if b is not p["weight"] and b is not p["bias"]] + [w_blob, b_blob]
-        w_blob.users.append(layer)
-        b_blob.users.append(layer)
-        p["weight"], p["bias"] = w_blob, b_blob
-        # the recorded call no longer matches: replay the canonical functional form
-        if layer.op == "conv2d":
-            layer.target, layer.kwargs = F.conv2d, {}
-            layer.args = (p["input"], w_blob, b_blob, p["stride"], p["padding"], p["dilation"], p["groups"])
-        else:
-            layer.target, layer.kwargs, layer.args = F.linear, {}, (p["input"], w_blob, b_blob)
+        layer.set_param("weight", graph.add_blob(f"{layer.name}.weight_folded", "const", tuple(new_w.shape), dtype,
+                                                 value=new_w))
+        layer.set_param("bias", graph.add_blob(f"{layer.name}.bias_folded", "const", tuple(new_b.shape), dtype,
+                                               value=new_b))
+        layer.target, layer.args, layer.kwargs = None, (), {}  # replay computes it from the new params
         layer.meta["folded_batchnorm"] = bn.name
         graph.replace_uses(bn.tops[0], src)
         graph.erase_node(bn)
         changed = True
-    if changed:
-        graph.lint()
     return changed

@@ -1,7 +1,9 @@
 """Re-run a captured graph with torch by calling each node's recorded target.
 
-Used to check a capture (the graph must reproduce the eager output) and by
-``tracecap verify`` to get reference blobs by name.
+Used to check a capture (the graph must reproduce the eager output) and to get
+the value of every blob by name (``return_env``). A node a pass rewrote has no
+recorded call any more (``target`` None) and is computed from its op and params
+by ``tracecap.ops.reference``.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ def run(graph, *inputs, call=None, return_env=False):
         for node in graph.nodes:
             if call is not None:
                 result = call(node, env)
+            elif node.target is None:
+                from tracecap.ops import reference
+                result = reference.call(node, env)
             else:
                 args = _resolve(node.args, env)
                 kwargs = _resolve(node.kwargs, env)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from tracecap.graph import Blob
 from tracecap.mappers.caffe.constructions import conv_spatial, group_dilation, weight_and_bias, is_activation, crop
-from tracecap.mappers.caffe.layers.pad import _foldable_pad
 from tracecap.mappers.caffe.registry import pair, register
 
 
@@ -27,10 +26,6 @@ def conv2d(node, ctx):
     groups = int(p["groups"])
     padding = pair(padding, "padding")
     source = p["input"]
-    folded = _foldable_pad(source)
-    if folded is not None:  # ZeroPad2d / F.pad before the convolution: one Convolution with more padding
-        source, (pt, pl) = folded
-        padding = (padding[0] + pt, padding[1] + pl)
     params = {"num_output": weight.shape[0], "bias_term": p["bias"] is not None,
               **conv_spatial({"kernel": (kh, kw), "stride": pair(p["stride"], "stride"), "pad": padding})}
     params.update(group_dilation(groups, dil))

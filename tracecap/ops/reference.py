@@ -1,18 +1,17 @@
-"""Test oracle: execute a Graph from its *canonical* op names and params only.
+"""Execute a Graph from its *canonical* op names and params only.
 
-Unlike tracecap.replay (which re-calls the recorded target), this executor looks
-at nothing but ``node.op`` and ``node.params`` - exactly what the mappers see -
-and computes each op with torch functional calls. If a graph replays here to the
-eager output, its canonical form is complete and correct.
+Unlike ``tracecap.replay``'s default (re-calling the recorded target), this looks at
+nothing but ``node.op`` and ``node.params`` - exactly what the mappers see - and
+computes each op with torch functional calls. The tests use it as an oracle (a graph
+that replays here to the eager output has a complete, correct canonical form);
+replay uses it for nodes a pass rewrote (``target`` None).
 """
 import operator
 
 import torch
 import torch.nn.functional as F
 
-from tracecap import replay
-
-P = None  # placeholder for readability
+from tracecap.graph import Blob, map_structure
 
 
 def _dim_list(v):
@@ -89,9 +88,15 @@ IMPL = {
 }
 
 
+def call(node, env):
+    """The result of ``node`` computed from its op and params, Blobs read from ``env`` (name -> value)."""
+    impl = IMPL.get(node.op)
+    if impl is None:
+        raise NotImplementedError(f"the reference executor has no {node.op!r} ({node.where()})")
+    return impl(map_structure(node.params, lambda o: env[o.name] if isinstance(o, Blob) else o))
+
+
 def run(graph, *inputs):
-    def call(node, env):
-        if node.op not in IMPL:
-            raise NotImplementedError(f"reference executor has no {node.op!r} ({node.where()})")
-        return IMPL[node.op](replay._resolve(node.params, env))
+    """Run ``graph`` with every node computed by :func:`call`; returns the outputs."""
+    from tracecap import replay
     return replay.run(graph, *inputs, call=call)

@@ -1,11 +1,8 @@
-"""Canonical op names and argument binding.
+"""Argument signatures: bind a call's arguments to canonical parameter names.
 
-The same operation reaches the recorder under many names: ``torch.add``,
-``Tensor.add``, ``Tensor.__add__``, ``__iadd__``, ``add_``; ``F.relu`` and
-``torch.relu_``; ``F.sigmoid`` arrives as ``Tensor.sigmoid``. This module maps
-each to one canonical name and binds its arguments to canonical parameter names,
-so mappers and passes read ``node.params["stride"]`` instead of guessing
-positions. The table is data: adding an op is one line here.
+Mappers and passes read ``node.params["stride"]`` instead of guessing positions,
+whatever spelling the call used (positional, keyword, a Size for ``*size``). The
+table is data: adding an op is one line here.
 """
 from __future__ import annotations
 
@@ -114,30 +111,6 @@ _SIGNATURES = {
     "type_as": "input, other",
 }
 
-# other spellings -> (canonical name, operands swapped?)
-_ALIASES = {
-    "__add__": ("add", False), "__iadd__": ("add", False), "__radd__": ("add", False),
-    "__sub__": ("sub", False), "__isub__": ("sub", False), "__rsub__": ("rsub", False),
-    "subtract": ("sub", False),
-    "__mul__": ("mul", False), "__imul__": ("mul", False), "__rmul__": ("mul", False), "multiply": ("mul", False),
-    "__truediv__": ("div", False), "__itruediv__": ("div", False), "__rtruediv__": ("div", True),
-    "__rdiv__": ("div", True),
-    "__div__": ("div", False), "true_divide": ("div", False), "divide": ("div", False),
-    "__matmul__": ("matmul", False), "__neg__": ("neg", False), "negative": ("neg", False),
-    "__pow__": ("pow", False), "__getitem__": ("getitem", False), "__setitem__": ("setitem", False),
-    "concat": ("cat", False), "concatenate": ("cat", False), "clip": ("clamp", False),
-    "data": ("alias", False), "T": ("t", False), "swapaxes": ("transpose", False), "swapdims": ("transpose", False),
-    "max_pool2d_with_indices": ("max_pool2d", False), "_max_pool2d": ("max_pool2d", False),
-    "upsample": ("interpolate", False), "upsample_nearest": ("interpolate", False),
-    "upsample_bilinear": ("interpolate", False), "hardsigmoid_": ("hardsigmoid", False),
-}
-
-# Ops that only re-present their input: removed by passes.drop_identities.
-IDENTITY_OPS = frozenset({"contiguous", "clone", "detach", "alias"})
-# Parameter names whose tensors are weights, never graph inputs.
-WEIGHT_SLOTS = frozenset({"weight", "bias", "running_mean", "running_var"})
-
-
 def _parse(sig):
     params = []
     for part in sig.split(", "):
@@ -152,28 +125,6 @@ def _parse(sig):
 
 
 SIGNATURES = {name: _parse(sig) for name, sig in _SIGNATURES.items()}
-
-
-def raw_name(func):
-    """The name an op was called by: 'conv2d', '__add__', 'relu_', or a property like 'data'."""
-    name = getattr(func, "__name__", None) or type(func).__name__
-    if name == "__get__":  # a tensor property read through its getset descriptor
-        owner = getattr(func, "__self__", None)
-        name = getattr(owner, "__name__", name)
-    return name
-
-
-def canonical_name(func):
-    """Return (canonical op name, swapped operands?, written in place?)."""
-    name = raw_name(func)
-    if name in _ALIASES:
-        op, swap = _ALIASES[name]
-        return op, swap, name.startswith("__i")
-    inplace = name.endswith("_") and not name.endswith("__") and not name.startswith("_")
-    if inplace:
-        name = name[:-1]
-    op, swap = _ALIASES.get(name, (name, False))
-    return op, swap, inplace
 
 
 class BindError(Exception):
