@@ -12,7 +12,8 @@ import torch.nn.functional as F
 import tracecap
 from tracecap.mappers import caffe
 
-from conversion import capture, check
+from conversion import capture
+from op_cases import case, run_case
 
 torch.manual_seed(0)
 
@@ -146,13 +147,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_op_on_runtime(case, runtime, tmp_path):
-    _, model, inputs, layer_types = case
-    graph, _ = check(model, inputs, runtime, tmp_path, rel_tol=1e-5)
-    text = (tmp_path / "net.opencv.prototxt").read_text()
-    for layer_type in layer_types:
-        assert f'type: "{layer_type}"' in text, f"{layer_type} not in prototxt"
+@pytest.mark.parametrize("c", [case(*c) for c in CASES], ids=[c[0] for c in CASES])
+def test_op_on_runtime(c, runtime, tmp_path):
+    run_case(c, runtime, tmp_path)
 
 
 # ---- what cannot be converted is refused, all at once, with locations ---------------------------------

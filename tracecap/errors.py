@@ -18,11 +18,16 @@ class MappingError(TracecapError):
 
 
 class UnsupportedOpError(MappingError):
-    """One or more ops have no mapping; the message lists every one of them."""
+    """One or more ops have no mapping; the message lists every one of them.
 
-    def __init__(self, message, problems=()):
+    ``problems`` holds one line per refused node; ``refusals`` the same as (node, reason) pairs,
+    for tools that need the op (``node.op``), its module path or its source line.
+    """
+
+    def __init__(self, message, problems=(), refusals=()):
         super().__init__(message)
         self.problems = list(problems)
+        self.refusals = list(refusals)
 
 
 class CheckpointError(TracecapError):

@@ -10,9 +10,9 @@ from tracecap.errors import MappingError, UnsupportedOpError
 from tracecap.mappers.caffe import layers as _layers  # noqa: F401  (registers the mappers)
 from tracecap.mappers.caffe import netspec, writer
 from tracecap.mappers.caffe.proto import DIALECTS
-from tracecap.mappers.caffe.registry import MAPPERS, Context, Unsupported
+from tracecap.mappers.caffe.registry import MAPPERS, Context, Unsupported, caffe_name
 
-__all__ = ["to_net", "to_layers", "save", "supported_ops", "DIALECTS"]
+__all__ = ["to_net", "to_layers", "save", "supported_ops", "graph_blobs_of", "caffe_name", "DIALECTS"]
 
 
 def supported_ops():
@@ -26,26 +26,50 @@ def _check_dialect(dialect):
 
 
 def to_layers(graph, dialect="bvlc"):
-    """Map every node; report *all* unsupported nodes at once."""
+    """Map every node; report *all* unsupported nodes at once.
+
+    Each layer's ``origin`` is the node it was mapped from; ``graph_blobs_of(layer)`` tells which
+    of its tops stand for graph blobs (the others are intermediates of a decomposition).
+    """
     _check_dialect(dialect)
     graph.lint()
-    layers, problems = [], []
+    layers, refusals = [], []
     for node in graph.nodes:
         fn = MAPPERS.get(node.op)
         if fn is None:
-            problems.append(f"{node.where()}: no Caffe mapping for `{node.op}`")
+            refusals.append((node, f"no Caffe mapping for `{node.op}`"))
             continue
         try:
-            layers.extend(fn(node, Context(node, dialect)))
-        except Unsupported as exc:
-            problems.append(f"{node.where()}: {exc}")
-        except MappingError as exc:
-            problems.append(f"{node.where()}: {exc}")
-    if problems:
+            made = fn(node, Context(node, dialect))
+            _check_tops_written(node, made)
+        except (Unsupported, MappingError) as exc:
+            refusals.append((node, str(exc)))
+            continue
+        for layer in made:
+            layer.origin = node
+        layers.extend(made)
+    if refusals:
+        problems = [f"{node.where()}: {why}" for node, why in refusals]
         raise UnsupportedOpError(
             f"{len(problems)} op(s) cannot be converted to Caffe ({dialect} dialect):\n  - " + "\n  - ".join(problems),
-            problems)
+            problems, refusals)
     return layers
+
+
+def _check_tops_written(node, layers):
+    written = {t for layer in layers for t in layer.tops}
+    missing = [caffe_name(t) for t in node.tops if caffe_name(t) not in written]
+    if missing:
+        raise MappingError(f"internal: the {node.op} mapper wrote no layer for top(s) {', '.join(missing)}")
+
+
+def graph_blobs_of(layer):
+    """{Caffe top name: graph Blob} for the tops of ``layer`` that stand for a blob of the graph."""
+    node = layer.origin
+    if node is None:
+        return {}
+    mine = {caffe_name(t): t for t in node.tops}
+    return {t: mine[t] for t in layer.tops if t in mine}
 
 
 def _build(graph, dialect, name, with_blobs):
@@ -54,7 +78,7 @@ def _build(graph, dialect, name, with_blobs):
     for blob in graph.inputs:
         if blob.shape is None or len(blob.shape) == 0:
             raise MappingError(f"graph input {blob.name} has no shape")
-        inputs[blob.name] = tuple(blob.shape)
+        inputs[caffe_name(blob)] = tuple(blob.shape)
     try:
         return netspec.to_net(layers, name=name, inputs=inputs, dialect=dialect, with_blobs=with_blobs)
     except MappingError as exc:

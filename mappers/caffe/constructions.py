@@ -153,15 +153,15 @@ def broadcast_combine(ctx, kind, x, other, top=None):
         span = broadcast_span(big, other.shape, keep_batch=False)
         value = ctx.array(other)
         if span is None:
-            return [power_layer(ctx, ctx.blob(x), **({"scale": float(value.reshape(-1)[0])} if kind == "mul"
+            return [power_layer(ctx, ctx.bottom(x), **({"scale": float(value.reshape(-1)[0])} if kind == "mul"
                                                 else {"shift": float(value.reshape(-1)[0])}), top=top)]
         axis, dims = span
         params = {"axis": axis, "num_axes": len(dims), "bias_term": kind == "add"}
         blobs = [value.reshape(dims)] if kind == "mul" else [np.ones(dims, np.float32), value.reshape(dims)]
-        return [ctx.layer("Scale", [ctx.blob(x)], [top], params=params, blobs=blobs)]
+        return [ctx.layer("Scale", [ctx.bottom(x)], [top], params=params, blobs=blobs)]
     if ctx.shape(other) == big:
         op = "PROD" if kind == "mul" else "SUM"
-        return [ctx.layer("Eltwise", [ctx.blob(x), ctx.blob(other)], [top], params={"operation": op})]
+        return [ctx.layer("Eltwise", [ctx.bottom(x), ctx.bottom(other)], [top], params={"operation": op})]
     axis, dims = broadcast_span(big, other.shape, keep_batch=True)
     if kind == "add":
         small = (1,) * (len(big) - len(other.shape)) + tuple(other.shape)
@@ -170,22 +170,22 @@ def broadcast_combine(ctx, kind, x, other, top=None):
         n, c, h, w = big
         spread = ctx.tmp("spread")
         layers = []
-        operand = ctx.blob(other)
+        operand = ctx.bottom(other)
         if tuple(other.shape) != small:
             operand = ctx.tmp("as4d")
-            layers.append(reshape_layer(ctx, ctx.blob(other), small, top=operand))
+            layers.append(reshape_layer(ctx, ctx.bottom(other), small, top=operand))
         params = {"num_output": c, "bias_term": False, "kernel_h": h, "kernel_w": w, "group": c}
         layers.append(ctx.layer("Deconvolution", [operand], [spread], params=params,
                                 blobs=[np.ones((c, 1, h, w), np.float32)]))
-        layers.append(ctx.layer("Eltwise", [ctx.blob(x), spread], [top], params={"operation": "SUM"}))
+        layers.append(ctx.layer("Eltwise", [ctx.bottom(x), spread], [top], params={"operation": "SUM"}))
         return layers
     layers = []
-    operand = ctx.blob(other)
+    operand = ctx.bottom(other)
     if tuple(other.shape) != dims:
         operand = ctx.tmp("broadcast")
-        layers.append(reshape_layer(ctx, ctx.blob(other), dims, top=operand))
+        layers.append(reshape_layer(ctx, ctx.bottom(other), dims, top=operand))
     params = {"axis": axis, "num_axes": len(dims), "bias_term": False}
-    layers.append(ctx.layer("Scale", [ctx.blob(x), operand], [top], params=params))
+    layers.append(ctx.layer("Scale", [ctx.bottom(x), operand], [top], params=params))
     return layers
 
 

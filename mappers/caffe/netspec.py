@@ -45,6 +45,8 @@ class Layer:
     params: dict = field(default_factory=dict)
     blobs: list[np.ndarray] = field(default_factory=list)
     extra: dict = field(default_factory=dict)
+    #: the graph node this layer was mapped from (set by ``caffe.to_layers``), for reports and errors
+    origin: object = field(default=None, repr=False, compare=False)
 
 
 # LayerParameter fields that Layer sets through its own attributes.
@@ -228,16 +230,16 @@ def _fill(msg, values, ctx: str, path: str, dialect: str) -> None:
                 for i, item in enumerate(value):
                     _fill(container.add(), item, ctx, f"{where}[{i}]", dialect)
             else:
-                container.extend([_scalar(fd, v, ctx, f"{where}[{i}]") for i, v in enumerate(value)])
+                container.extend([_field_value(fd, v, ctx, f"{where}[{i}]") for i, v in enumerate(value)])
         elif is_msg:
             sub = getattr(msg, key)
             sub.SetInParent()
             _fill(sub, value, ctx, where, dialect)
         else:
-            setattr(msg, key, _scalar(fd, value, ctx, where))
+            setattr(msg, key, _field_value(fd, value, ctx, where))
 
 
-def _scalar(fd, value, ctx: str, where: str):
+def _field_value(fd, value, ctx: str, where: str):
     """``value`` checked and converted for the singular field ``fd``."""
     is_bool = isinstance(value, (bool, np.bool_))
     is_int = isinstance(value, (int, np.integer)) and not is_bool

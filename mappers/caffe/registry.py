@@ -16,6 +16,12 @@ from tracecap.mappers.caffe.netspec import Layer, layer_types
 MAPPERS = {}
 
 
+def caffe_name(blob):
+    """The Caffe blob name that stands for graph blob ``blob``: its graph name (legal in Caffe, since
+    ``Graph.unique_name`` only lets Caffe-safe characters through). The one place the rule lives."""
+    return blob.name
+
+
 def register(*ops):
     """Register ``fn`` as the mapper of each canonical op name in ``ops``."""
     def deco(fn):
@@ -41,17 +47,18 @@ class Context:
 
     # ---- names -------------------------------------------------------------------------
     @staticmethod
-    def blob(b):
+    def bottom(b):
+        """The Caffe blob name of activation operand ``b`` (refuses constants and non-tensors)."""
         if not isinstance(b, Blob):
             raise Unsupported(f"expected a tensor operand, got {type(b).__name__}")
         if b.is_constant:
             raise Unsupported(f"operand {b.name} is a constant here; Caffe needs it as a layer input or a weight")
-        return b.name
+        return caffe_name(b)
 
     @property
     def top(self):
         """Caffe name of the node's (first) output; the last layer of a node writes it."""
-        return self.node.tops[0].name
+        return caffe_name(self.node.tops[0])
 
     def tmp(self, what):
         """A fresh name for an intermediate blob/layer inside this node's decomposition."""

@@ -30,7 +30,7 @@ def conv2d(node, ctx):
               **conv_spatial({"kernel": (kh, kw), "stride": pair(p["stride"], "stride"), "pad": padding})}
     params.update(group_dilation(groups, dil))
     blobs = weight_and_bias(ctx, weight, p["bias"])
-    return [ctx.layer("Convolution", [ctx.blob(source)], params=params, blobs=blobs)]
+    return [ctx.layer("Convolution", [ctx.bottom(source)], params=params, blobs=blobs)]
 
 
 @register("conv_transpose2d")
@@ -51,13 +51,13 @@ def conv_transpose2d(node, ctx):
     params.update(group_dilation(groups, dil))
     blobs = weight_and_bias(ctx, weight, p["bias"])
     if not cropped:
-        return [ctx.layer("Deconvolution", [ctx.blob(p["input"])], params=params, blobs=blobs)]
+        return [ctx.layer("Deconvolution", [ctx.bottom(p["input"])], params=params, blobs=blobs)]
     n, c, h, w = ctx.in_shape()
     stride = pair(p["stride"], "stride")
     full = tuple((size - 1) * st + d * (k - 1) + 1 for size, st, d, k in zip((h, w), stride, dil, weight.shape[2:]))
     oh, ow = ctx.out_shape()[2:]
     deconv = ctx.tmp("full")
-    layers = [ctx.layer("Deconvolution", [ctx.blob(p["input"])], [deconv], params=params, blobs=blobs)]
+    layers = [ctx.layer("Deconvolution", [ctx.bottom(p["input"])], [deconv], params=params, blobs=blobs)]
     cuts = [(2, pad[0], pad[0] + oh), (3, pad[1], pad[1] + ow)]
     return layers + crop(ctx, deconv, (n, c) + full, cuts, ctx.top)
 
@@ -71,7 +71,7 @@ def linear(node, ctx):
     if ndim != 2:
         params["axis"] = ndim - 1  # nn.Linear acts on the last dimension
     blobs = weight_and_bias(ctx, weight, p["bias"])
-    return [ctx.layer("InnerProduct", [ctx.blob(p["input"])], params=params, blobs=blobs)]
+    return [ctx.layer("InnerProduct", [ctx.bottom(p["input"])], params=params, blobs=blobs)]
 
 
 @register("matmul", "mm")
@@ -85,4 +85,4 @@ def matmul(node, ctx):
     params = {"num_output": weight.shape[0], "bias_term": False}
     if ndim != 2:
         params["axis"] = ndim - 1
-    return [ctx.layer("InnerProduct", [ctx.blob(a)], params=params, blobs=[weight])]
+    return [ctx.layer("InnerProduct", [ctx.bottom(a)], params=params, blobs=[weight])]

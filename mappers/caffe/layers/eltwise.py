@@ -14,13 +14,13 @@ def add_sub(node, ctx):
     sign = -1.0 if node.op == "sub" else 1.0
     s = scalar_operand(b)
     if s is not None and is_activation(a):
-        return [power_layer(ctx, ctx.blob(a), shift=sign * alpha * s)]
+        return [power_layer(ctx, ctx.bottom(a), shift=sign * alpha * s)]
     if is_activation(a) and is_activation(b) and tuple(a.shape) == tuple(b.shape):
         coeff = sign * alpha
         params = {"operation": "SUM"}
         if coeff != 1.0:
             params["coeff"] = [1.0, coeff]
-        return [ctx.layer("Eltwise", [ctx.blob(a), ctx.blob(b)], params=params)]
+        return [ctx.layer("Eltwise", [ctx.bottom(a), ctx.bottom(b)], params=params)]
     if sign * alpha != 1.0:
         ctx.unsupported(f"{node.op} with alpha={alpha} of broadcast operands")
     x, other = full_shape_first(ctx, a, b)
@@ -34,9 +34,9 @@ def rsub(node, ctx):
     alpha = float(p.get("alpha", 1) or 1)
     s = scalar_operand(p["other"])
     if s is not None:
-        return [power_layer(ctx, ctx.blob(p["input"]), scale=-alpha, shift=s)]
+        return [power_layer(ctx, ctx.bottom(p["input"]), scale=-alpha, shift=s)]
     if is_activation(p["other"]) and tuple(p["other"].shape) == tuple(p["input"].shape):
-        return [ctx.layer("Eltwise", [ctx.blob(p["input"]), ctx.blob(p["other"])],
+        return [ctx.layer("Eltwise", [ctx.bottom(p["input"]), ctx.bottom(p["other"])],
                           params={"operation": "SUM", "coeff": [-alpha, 1.0]})]
     ctx.unsupported("reversed subtraction of a broadcast tensor")
 
@@ -46,7 +46,7 @@ def mul(node, ctx):
     a, b = node.params["input"], node.params["other"]
     s = scalar_operand(b) if is_activation(a) else scalar_operand(a)
     if s is not None:
-        return [power_layer(ctx, ctx.blob(a if is_activation(a) else b), scale=s)]
+        return [power_layer(ctx, ctx.bottom(a if is_activation(a) else b), scale=s)]
     x, other = full_shape_first(ctx, a, b)
     return broadcast_combine(ctx, "mul", x, other)
 
@@ -59,10 +59,10 @@ def div(node, ctx):
     a, b = p["input"], p["other"]
     s = scalar_operand(b)
     if s is not None and is_activation(a):
-        return [power_layer(ctx, ctx.blob(a), scale=1.0 / s)]
+        return [power_layer(ctx, ctx.bottom(a), scale=1.0 / s)]
     sa = scalar_operand(a)
     if sa is not None and is_activation(b):  # s / x == (x / s) ** -1, one layer (OpenCV mis-fuses Power(-1) + Power)
-        return [power_layer(ctx, ctx.blob(b), power=-1.0, scale=1.0 / sa)]
+        return [power_layer(ctx, ctx.bottom(b), power=-1.0, scale=1.0 / sa)]
     if is_activation(a) and isinstance(b, Blob) and b.is_constant:
         recip = Blob(b.name, "const", b.shape, b.dtype, value=1.0 / b.value.float())
         return broadcast_combine(ctx, "mul", a, recip)
@@ -70,12 +70,12 @@ def div(node, ctx):
         inv = ctx.tmp("reciprocal")
         if tuple(a.shape) != tuple(b.shape):
             ctx.unsupported("division of a broadcast numerator by a tensor")
-        return [power_layer(ctx, ctx.blob(b), power=-1.0, top=inv),
-                ctx.layer("Eltwise", [ctx.blob(a), inv], params={"operation": "PROD"})]
+        return [power_layer(ctx, ctx.bottom(b), power=-1.0, top=inv),
+                ctx.layer("Eltwise", [ctx.bottom(a), inv], params={"operation": "PROD"})]
     if is_activation(a) and is_activation(b):
         inv = ctx.tmp("reciprocal")
         inv_blob = Blob(inv, "activation", b.shape)
-        layers = [power_layer(ctx, ctx.blob(b), power=-1.0, top=inv)]
+        layers = [power_layer(ctx, ctx.bottom(b), power=-1.0, top=inv)]
         return layers + broadcast_combine(ctx, "mul", a, inv_blob)
     ctx.unsupported("division of these operands")
 
@@ -85,4 +85,4 @@ def maximum(node, ctx):
     a, b = node.params["input"], node.params["other"]
     if not (is_activation(a) and is_activation(b) and tuple(a.shape) == tuple(b.shape)):
         ctx.unsupported("maximum of broadcast or constant operands")
-    return [ctx.layer("Eltwise", [ctx.blob(a), ctx.blob(b)], params={"operation": "MAX"})]
+    return [ctx.layer("Eltwise", [ctx.bottom(a), ctx.bottom(b)], params={"operation": "MAX"})]

@@ -14,7 +14,7 @@ def batch_norm(node, ctx):
     if p["running_mean"] is None or p["running_var"] is None:
         ctx.unsupported("batch_norm without running statistics (track_running_stats=False)")
     mean, var = ctx.array(p["running_mean"]), ctx.array(p["running_var"])
-    bottom = ctx.blob(p["input"])
+    bottom = ctx.bottom(p["input"])
     affine = p["weight"] is not None or p["bias"] is not None
     bn_top = ctx.tmp("bn") if affine else ctx.top
     layers = [ctx.layer("BatchNorm", [bottom], [bn_top], params={"use_global_stats": True, "eps": float(p["eps"])},

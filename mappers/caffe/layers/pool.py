@@ -25,7 +25,7 @@ def _pool(ctx, method, kernel, stride, pad, ceil):
             ctx.unsupported(f"Caffe pooling gives {got} (or {alt}), PyTorch {want}")
         ceil = not ceil
     params = {"pool": method, **pool_spatial(kernel, stride, pad), **round_mode(ctx, ceil)}
-    return [ctx.layer("Pooling", [ctx.blob(ctx.node.params["input"])], params=params)]
+    return [ctx.layer("Pooling", [ctx.bottom(ctx.node.params["input"])], params=params)]
 
 
 @register("max_pool2d")
@@ -60,7 +60,7 @@ def adaptive_pool2d(node, ctx):
         ctx.unsupported("adaptive_max_pool2d(return_indices=True)")
     n, c, h, w = ctx.in_shape()
     oh, ow = ctx.out_shape()[2:]
-    x = ctx.blob(node.params["input"])
+    x = ctx.bottom(node.params["input"])
     if (oh, ow) == (1, 1):
         return [ctx.layer("Pooling", [x], params={"pool": method, "global_pooling": True})]
     if h % oh or w % ow:

@@ -16,11 +16,11 @@ def mean(node, ctx):
         ctx.unsupported("mean over all elements or with dtype=")
     dims = sorted({norm_axis(d, ndim) for d in (dims if isinstance(dims, (list, tuple)) else [dims])})
     if ndim == 4 and set(dims) <= {2, 3}:
-        x4, shape4, layers = ctx.blob(p["input"]), shape, []
+        x4, shape4, layers = ctx.bottom(p["input"]), shape, []
     elif ndim == 3 and dims == [2]:
         shape4 = shape + (1,)
         x4 = ctx.tmp("as4d")
-        layers = [reshape_layer(ctx, ctx.blob(p["input"]), shape4, top=x4)]
+        layers = [reshape_layer(ctx, ctx.bottom(p["input"]), shape4, top=x4)]
     else:
         ctx.unsupported(f"mean over dims {dims} of a {ndim}-D tensor (only spatial dims map to Caffe pooling)")
     kernel = (shape[2] if 2 in dims else 1, shape[3] if 3 in dims else 1) if ndim == 4 else (shape4[2], 1)

@@ -20,4 +20,4 @@ def interpolate(node, ctx):
     # nearest x s == a depthwise Deconvolution with an s×s kernel of ones and stride s
     weight = np.ones((c, 1, s, s), np.float32)
     params = {"num_output": c, "bias_term": False, "kernel_size": [s], "stride": [s], "group": c}
-    return [ctx.layer("Deconvolution", [ctx.blob(p["input"])], params=params, blobs=[weight])]
+    return [ctx.layer("Deconvolution", [ctx.bottom(p["input"])], params=params, blobs=[weight])]

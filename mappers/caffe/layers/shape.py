@@ -12,13 +12,13 @@ from tracecap.mappers.caffe.registry import norm_axis, register
 def cat(node, ctx):
     tensors = node.params["tensors"]
     axis = norm_axis(node.params["dim"], len(ctx.out_shape()))
-    return [ctx.layer("Concat", [ctx.blob(t) for t in tensors], params={"axis": axis})]
+    return [ctx.layer("Concat", [ctx.bottom(t) for t in tensors], params={"axis": axis})]
 
 
 @register("view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as")
 def reshape(node, ctx):
     src, out = ctx.in_shape(), ctx.out_shape()
-    x = ctx.blob(node.params["input"])
+    x = ctx.bottom(node.params["input"])
     for axis in range(1, len(src)):  # flatten everything from `axis` on: Caffe's Flatten
         if out == src[:axis] + (prod(src[axis:]),):
             return [ctx.layer("Flatten", [x], params={"axis": axis} if axis != 1 else {})]
@@ -29,7 +29,7 @@ def reshape(node, ctx):
 def permute(node, ctx):
     ndim = len(ctx.in_shape())
     order = [norm_axis(d, ndim) for d in node.params["dims"]]
-    return [permute_layer(ctx, ctx.blob(node.params["input"]), order)]
+    return [permute_layer(ctx, ctx.bottom(node.params["input"]), order)]
 
 
 @register("transpose", "t")
@@ -41,7 +41,7 @@ def transpose(node, ctx):
         d0, d1 = norm_axis(node.params["dim0"], ndim), norm_axis(node.params["dim1"], ndim)
     order = list(range(ndim))
     order[d0], order[d1] = order[d1], order[d0]
-    return [permute_layer(ctx, ctx.blob(node.params["input"]), order)]
+    return [permute_layer(ctx, ctx.bottom(node.params["input"]), order)]
 
 
 @register("pixel_shuffle")
@@ -49,7 +49,7 @@ def pixel_shuffle(node, ctx):
     n, c, h, w = ctx.in_shape()
     r = int(node.params["upscale_factor"])
     a, b = ctx.tmp("split"), ctx.tmp("permute")
-    return [reshape_layer(ctx, ctx.blob(node.params["input"]), (n, c // (r * r), r, r, h, w), top=a),
+    return [reshape_layer(ctx, ctx.bottom(node.params["input"]), (n, c // (r * r), r, r, h, w), top=a),
             permute_layer(ctx, a, (0, 1, 4, 2, 5, 3), top=b),
             reshape_layer(ctx, b, (n, c // (r * r), h * r, w * r), top=ctx.top)]
 
@@ -85,10 +85,10 @@ def getitem(node, ctx):
                 cuts.append((axis, start, stop))
         axis += 1
     if not any(isinstance(i, int) or i is None for i in index) and cuts:
-        return crop(ctx, ctx.blob(node.params["input"]), shape, cuts, ctx.top)
+        return crop(ctx, ctx.bottom(node.params["input"]), shape, cuts, ctx.top)
     part = ctx.tmp("part")
-    layers = crop(ctx, ctx.blob(node.params["input"]), shape, cuts, part) if cuts else []
-    source = part if cuts else ctx.blob(node.params["input"])
+    layers = crop(ctx, ctx.bottom(node.params["input"]), shape, cuts, part) if cuts else []
+    source = part if cuts else ctx.bottom(node.params["input"])
     return layers + [reshape_layer(ctx, source, ctx.out_shape(), top=ctx.top)]
 
 
@@ -100,5 +100,5 @@ def split(node, ctx):
     points = list(np.cumsum(sizes)[:-1].astype(int))
     tops = [t.name for t in node.tops]
     unused = [t.name for t in node.tops if not t.users and t not in node.graph.outputs]
-    return [ctx.layer("Slice", [ctx.blob(node.params["input"])], tops, name=node.name,
+    return [ctx.layer("Slice", [ctx.bottom(node.params["input"])], tops, name=node.name,
                       params={"axis": axis, "slice_point": points})] + silence_unused(ctx, unused)
