@@ -5,18 +5,15 @@ itself, via tracecap.runtimes) and are compared with eager PyTorch.
 """
 import warnings
 
-import numpy as np
 import torch
 from google.protobuf import text_format
 
 import tracecap
-from tracecap import runtimes
+from tracecap import compare, runtimes
 from tracecap.mappers import caffe
 from tracecap.mappers.caffe import writer
 from tracecap.mappers.caffe.proto import module_for
 
-# Each runtime reads one dialect: OpenCV and brocolli-caffe both parse pooling `ceil_mode`.
-RUNTIME_DIALECT = {"opencv": "opencv", "caffe": "opencv"}
 
 
 def capture(fn, *inputs):
@@ -39,7 +36,7 @@ def save_both(graph, tmp_path, stem="net"):
 
 
 def run_on(runtime, graph, paths, inputs):
-    proto, model = paths[RUNTIME_DIALECT[runtime]]
+    proto, model = paths[runtimes.dialect_for(runtime)]
     feed = {b.name: x.detach().numpy() for b, x in zip(graph.inputs, inputs)}
     names = [b.name for b in graph.outputs]
     got = runtimes.run(proto, model, feed, runtime=runtime, blobs=names)
@@ -47,11 +44,12 @@ def run_on(runtime, graph, paths, inputs):
 
 
 def max_diff(got, want):
+    """(max abs diff, the scale the tolerance is relative to) of a runtime output against a tensor."""
     want = want.detach().numpy()
-    return float(np.abs(got.reshape(want.shape) - want).max()), float(max(1.0, np.abs(want).max()))
+    return compare.max_abs_diff(got, want), compare.scale_of(want)
 
 
-def check(fn, inputs, runtime, tmp_path, rel_tol=1e-5):
+def check(fn, inputs, runtime, tmp_path, rel_tol=compare.OP_TOLERANCE):
     """Convert fn and compare runtime outputs with PyTorch; return (graph, worst diff)."""
     graph, eager = capture(fn, *inputs)
     paths = save_both(graph, tmp_path)

@@ -31,14 +31,25 @@ class capture:
         if getattr(_active, "capture", None) is not None:
             raise CaptureError("capture() is already active in this thread; nested captures are not supported "
                                "(end the outer `with tracecap.capture()` block first)")
+        # Each step is undone if a later one fails (as bdb.runcall does with its tracer), so a
+        # failed enter never leaves this thread marked active, a mode pushed or a tracer set.
         _active.capture = self
-        self._recorder = Recorder(sys._getframe(1))
-        self._mode = Surfacer()
-        self._mode.__enter__()
-        self._recorder.install()   # last: nothing of ours runs traced after this
+        try:
+            self._recorder = Recorder(sys._getframe(1))
+            self._mode = Surfacer()
+            self._mode.__enter__()
+            try:
+                self._recorder.install()   # last: nothing of ours runs traced after this
+            except BaseException:
+                self._mode.__exit__(None, None, None)
+                raise
+        except BaseException:
+            _active.capture = None
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        self._recorder.check_owner()  # another thread must not stop this one's tracer
         try:
             intact = self._recorder.uninstall()  # first: stop tracing before anything else runs
         finally:

@@ -98,7 +98,7 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
     """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json)."""
     from tracecap import capture, runtimes
     from tracecap.mappers import caffe
-    from tracecap.verify import within_tolerance
+    from tracecap.compare import within_tolerance
 
     total = 4 if verify else 3
     t0 = time.perf_counter()
@@ -123,8 +123,8 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
             model(*inputs)
     graph = cap.graph
     if fold_bn:
-        from tracecap.passes import fold_batchnorm
-        fold_batchnorm(graph)
+        from tracecap.passes import fold_batchnorm, run_passes
+        run_passes(graph, [fold_batchnorm])
     refs = reference if isinstance(reference, (list, tuple)) else [reference]
 
     os.makedirs(outdir, exist_ok=True)
@@ -137,11 +137,11 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
                "inputs": {b.name: list(b.shape) for b in graph.inputs},
                "outputs": [b.name for b in graph.outputs], "ops": len(graph.nodes), "verify": {}}
     if verify:
-        avail = runtimes.available()
-        usable = avail if dialect == "opencv" else []  # both runtimes here parse pooling ceil_mode
+        usable = runtimes.available(dialect)
         if not usable:
             raise ConvertError(f"--verify: no runtime reads the {dialect} dialect here (available: "
-                               f"{', '.join(avail) or 'none'}); OpenCV and brocolli-caffe read --dialect opencv")
+                               f"{', '.join(runtimes.available()) or 'none'}); OpenCV and brocolli-caffe read "
+                               f"--dialect opencv")
         _step(4, total, f"verifying on {', '.join(usable)}", quiet)
         feed = {b.name: x.numpy() for b, x in zip(graph.inputs, inputs)}
         for rt in usable:

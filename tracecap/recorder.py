@@ -14,6 +14,7 @@ off, and ``None`` for everything else (cheap).
 """
 from __future__ import annotations
 
+import dis
 import os
 import sys
 import sysconfig
@@ -173,6 +174,14 @@ class Recorder:
         self._lines_off = self._prev is None  # a chained tracer (coverage, pdb) may need line events
         sys.settrace(self._installed)
 
+    def check_owner(self):
+        """Refuse to be stopped from a thread other than the one that installed the tracer
+        (``sys.settrace`` there would change that thread's tracer, not ours) - as coverage does."""
+        if threading.get_ident() != self.thread:
+            from tracecap.errors import CaptureError
+            raise CaptureError("capture() must be exited on the thread that entered it "
+                               f"(entered on thread {self.thread}, exited on {threading.get_ident()})")
+
     def uninstall(self):
         """Restore the previous tracer; report if someone replaced ours meanwhile."""
         current = sys.gettrace()
@@ -299,8 +308,10 @@ class Recorder:
         return self._scope_local
 
     def _on_outer_call(self, frame):
-        loc = frame.f_locals
         code = frame.f_code
+        if code.co_flags & _GENERATOR_FLAGS and _is_resume(frame):
+            return None  # a generator or coroutine resumed: its call was recorded when it started
+        loc = frame.f_locals
         module = loc.get("self")
         is_module = isinstance(module, torch.nn.Module) and code.co_name in ("_wrapped_call_impl", "__call__", "_call_impl")
         if is_module:
@@ -328,6 +339,20 @@ class Recorder:
             call = OuterCall("op", [], False)
             call.result, call.done = result, True
             self.outer_calls.append(call)
+
+
+# CO_GENERATOR | CO_COROUTINE | CO_ITERABLE_COROUTINE | CO_ASYNC_GENERATOR
+_GENERATOR_FLAGS = 0x20 | 0x80 | 0x100 | 0x200
+_RESUME = dis.opmap.get("RESUME")  # 3.11+: a frame starts at RESUME 0, resumes at RESUME 1-3
+
+
+def _is_resume(frame):
+    """True when a generator/coroutine frame's 'call' event is a resume, not its start
+    (the test bdb and coverage make: before 3.11 a fresh frame has f_lasti < 0)."""
+    if _RESUME is None:
+        return frame.f_lasti >= 0
+    code, i = frame.f_code.co_code, frame.f_lasti
+    return code[i] == _RESUME and code[i + 1] & 3 != 0
 
 
 def _bind_forward(module, args, kwargs):

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from tracecap.compare import MODEL_TOLERANCE, within_tolerance  # noqa: F401  (re-exported)
 from tracecap.errors import TracecapError
-
-
-def within_tolerance(got, ref, rel_tol=1e-4):
-    """(max abs diff, diff <= rel_tol x max(1, max|ref|)): the project's agreement rule."""
-    diff = float(np.abs(got - ref).max()) if ref.size else 0.0
-    return diff, diff <= rel_tol * max(1.0, float(np.abs(ref).max()) if ref.size else 0.0)
 
 
 def input_shapes(prototxt):
@@ -34,14 +29,15 @@ def input_shapes(prototxt):
     return shapes
 
 
-def verify(prototxt, caffemodel, runtime_names=None, seed=0, npz=None, rel_tol=1e-4):
+def verify(prototxt, caffemodel, runtime_names=None, seed=0, npz=None, rel_tol=MODEL_TOLERANCE):
     """Return {"inputs", "runtimes", "outputs": {blob: {runtime: max abs diff vs the first}}, "ok"}."""
     from tracecap import runtimes
     from tracecap.mappers.caffe.inspect import parse_any_dialect
-    if parse_any_dialect(prototxt)[1] == "bvlc":
-        raise TracecapError(f"{prototxt} is in the bvlc dialect (pooling round_mode), which neither OpenCV nor "
-                            f"brocolli-caffe reads; convert with --dialect opencv to verify it here")
-    names = list(runtime_names or runtimes.available())
+    dialect = parse_any_dialect(prototxt)[1]
+    if not runtimes.available(dialect) and runtimes.available():
+        raise TracecapError(f"{prototxt} is in the {dialect} dialect (pooling round_mode), which no runtime here "
+                            f"reads; convert with --dialect opencv to verify it here")
+    names = list(runtime_names or runtimes.available(dialect))
     if not names:
         raise TracecapError("no real runtime is available (pip install opencv-python-headless, or build Caffe "
                             "with python -m tracecap.runtimes.build_caffe)")

@@ -19,25 +19,60 @@ Runtimes:
 
 Every failure is a ``tracecap.RuntimeFailure``; its ``log`` holds the runtime's own words.
 """
+import importlib
 import os
 import re
+from typing import NamedTuple
 
 from tracecap.errors import RuntimeFailure
 
-RUNTIMES = ("opencv", "caffe")
-
-__all__ = ["run", "available", "RUNTIMES", "RuntimeFailure"]
+__all__ = ["run", "available", "reads", "register", "RUNTIMES", "RuntimeFailure"]
 
 
-def available():
-    """Names of the runtimes usable here, in RUNTIMES order (cheap: nothing is loaded)."""
-    from tracecap.runtimes import caffe_runtime, opencv_runtime
-    found = []
-    if opencv_runtime.is_available():
-        found.append("opencv")
-    if caffe_runtime.is_available():
-        found.append("caffe")
-    return found
+class Runtime(NamedTuple):
+    """A real runtime: the Caffe dialects it reads and the module that runs it.
+
+    The module provides ``is_available()`` (cheap, loads nothing) and
+    ``run(prototxt, caffemodel, inputs, blobs=None, timeout=None)``.
+    """
+    name: str
+    dialects: tuple
+    module: str
+
+
+_REGISTRY = {}
+
+
+def register(name, dialects, module):
+    """Make a runtime known to ``run``/``available``/``reads`` (a third one plugs in here)."""
+    _REGISTRY[name] = Runtime(name, tuple(dialects), module)
+
+
+# Both read the opencv dialect: OpenCV's importer and brocolli-caffe parse pooling `ceil_mode`.
+register("opencv", ("opencv",), "tracecap.runtimes.opencv_runtime")
+register("caffe", ("opencv",), "tracecap.runtimes.caffe_runtime")
+
+RUNTIMES = tuple(_REGISTRY)
+
+
+def _module(name):
+    return importlib.import_module(_REGISTRY[name].module)
+
+
+def reads(runtime, dialect):
+    """Does ``runtime`` read Caffe files of ``dialect``?"""
+    return dialect in _REGISTRY[runtime].dialects
+
+
+def dialect_for(runtime):
+    """The dialect to write for ``runtime`` (the first it reads)."""
+    return _REGISTRY[runtime].dialects[0]
+
+
+def available(dialect=None):
+    """Names of the runtimes usable here (that read ``dialect``, if given), in registration order."""
+    return [name for name, rt in _REGISTRY.items()
+            if (dialect is None or dialect in rt.dialects) and _module(name).is_available()]
 
 
 def run(prototxt, caffemodel, inputs, runtime="opencv", blobs=None, timeout=None):
@@ -48,8 +83,8 @@ def run(prototxt, caffemodel, inputs, runtime="opencv", blobs=None, timeout=None
     timeout: seconds the Caffe child may take (default $TRACECAP_CAFFE_TIMEOUT or 600);
     ignored by OpenCV, which runs in this process.
     """
-    if runtime not in RUNTIMES:
-        raise ValueError("unknown runtime %r; choose one of %s" % (runtime, ", ".join(RUNTIMES)))
+    if runtime not in _REGISTRY:
+        raise ValueError("unknown runtime %r; choose one of %s" % (runtime, ", ".join(_REGISTRY)))
     prototxt, caffemodel = os.fspath(prototxt), os.fspath(caffemodel)
     for what, path in (("prototxt", prototxt), ("caffemodel", caffemodel)):
         if not os.path.isfile(path):
@@ -60,11 +95,7 @@ def run(prototxt, caffemodel, inputs, runtime="opencv", blobs=None, timeout=None
         if isinstance(blobs, str):
             blobs = [blobs]
         blobs = list(blobs)
-    if runtime == "opencv":
-        from tracecap.runtimes import opencv_runtime
-        return opencv_runtime.run(prototxt, caffemodel, inputs, blobs=blobs)
-    from tracecap.runtimes import caffe_runtime
-    return caffe_runtime.run(prototxt, caffemodel, inputs, blobs=blobs, timeout=timeout)
+    return _module(runtime).run(prototxt, caffemodel, inputs, blobs=blobs, timeout=timeout)
 
 
 # --------------------------------------------------------------------------- prototxt summary

@@ -27,7 +27,8 @@ def _one_line(err):
     return text if len(text) <= 500 else text[:500] + " ..."
 
 
-def run(prototxt, caffemodel, inputs, blobs=None):
+def run(prototxt, caffemodel, inputs, blobs=None, timeout=None):
+    """Run in this process (``timeout`` is not applied: OpenCV cannot be interrupted)."""
     from tracecap.runtimes import summarize
     cv2 = _cv2()
     try:
