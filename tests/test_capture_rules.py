@@ -348,3 +348,59 @@ def test_closure_tensor_inside_model_code_is_a_constant_with_a_warning():
     const = graph.nodes[0].bottoms[1]
     assert const.kind == "const" and torch.equal(const.value, scale)
     assert any("not passed in as an input" in w and "treated as a constant" in w for w in graph.warnings)
+
+
+# ---- entering and leaving like bdb.runcall; generators; the owning thread ---------------------------
+@pytest.mark.parametrize("failing", ["surfacer", "tracer"])
+def test_a_failed_enter_leaves_nothing_behind(monkeypatch, failing):
+    capture_module = sys.modules["tracecap.capture"]
+
+    def boom(*args, **kwargs):
+        raise RuntimeError(f"{failing} failed")
+    target = (capture_module.Surfacer, "__enter__") if failing == "surfacer" else (capture_module.Recorder, "install")
+    monkeypatch.setattr(*target, boom)
+    tracer_before, depth_before = sys.gettrace(), _mode_depth()
+    with pytest.raises(RuntimeError, match=f"{failing} failed"):
+        with tracecap.capture():
+            pass
+    assert sys.gettrace() is tracer_before and _mode_depth() == depth_before
+    monkeypatch.undo()
+    x = torch.ones(2)
+    with tracecap.capture() as cap:   # the thread is not left marked "already active"
+        y = x * 2
+    assert [n.op for n in cap.graph.nodes] == ["mul"] and y.sum() == 4
+
+
+def test_generator_resumes_are_not_new_outer_calls():
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU()).eval()
+    xs = [torch.randn(2, 4)]
+
+    def run_all(net, batches):
+        for b in batches:
+            yield net(b)
+        yield None    # a resume after the model ran
+
+    with torch.no_grad(), tracecap.capture() as cap:
+        outs = list(run_all(model, xs))
+    assert len(cap.recorder.outer_calls) == 1 and cap.recorder.outer_calls[0].frame_name == "run_all"
+    graph = cap.graph
+    assert [b.name for b in graph.inputs] == ["batches.0"] and len(graph.outputs) == 1
+    torch.testing.assert_close(replay.run(graph, xs[0])[0], outs[0])
+
+
+def test_a_capture_is_stopped_only_by_its_own_thread():
+    cap = tracecap.capture()
+    x = torch.ones(3)
+    cap.__enter__()
+    errors = []
+    try:
+        y = x * 3
+        t = threading.Thread(target=lambda: errors.append(pytest.raises(tracecap.CaptureError, cap.__exit__,
+                                                                         None, None, None)))
+        t.start()
+        t.join()
+    finally:
+        cap.__exit__(None, None, None)
+    assert len(errors) == 1 and "exited on the thread that entered it" in str(errors[0].value)
+    assert sys.gettrace() is None or sys.gettrace() is not cap.recorder._installed
+    assert [n.op for n in cap.graph.nodes] == ["mul"] and y.sum() == 9

@@ -395,6 +395,10 @@ class _Lint:
         for key, blob in self.g.blobs.items():
             if blob.name != key:
                 raise ValueError(f"graph.blobs[{key!r}] is blob {blob.name!r}: rename blobs with Graph.assign_names")
+            for user in blob.users:
+                if blob not in user.bottoms:
+                    raise ValueError(f"{blob.name}.users holds {user.name}, which does not read it: change edges "
+                                     f"with Node.set_param/replace_input")
         names = [n.name for n in self.g.nodes]
         if len(set(names)) != len(names):
             dup = sorted({n for n in names if names.count(n) > 1})
@@ -411,10 +415,6 @@ class _Lint:
                 raise ValueError(f"{b.name}.users misses {node.name}: change edges with Node.set_param/replace_input")
             if self.g.blobs.get(b.name) is not b:
                 raise ValueError(f"{node.where()} reads {b.name}, which is not in graph.blobs")
-        for t in node.tops:
-            for user in t.users:
-                if t not in user.bottoms:
-                    raise ValueError(f"{t.name}.users holds {user.name}, which does not read it")
 
 
 def map_structure(obj, fn):

@@ -328,6 +328,11 @@ class Recorder:
     def _outer_local(self, frame, event, arg):
         if event == "return":
             self._finish_outer(arg)
+            # A generator's frame keeps its f_trace across a yield, and a tracer returning None
+            # at the resume does not clear it: drop it here, so a resume's 'return' is not taken
+            # for another call (resumes are skipped in _on_outer_call).
+            frame.f_trace = None
+            return None
         return self._outer_local
 
     def _finish_outer(self, result):
