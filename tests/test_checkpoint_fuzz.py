@@ -15,7 +15,7 @@ import torch
 
 import checkpoint_fixtures as fx
 from tracecap import CheckpointError
-from tracecap.checkpoint import legacy_format, load_checkpoint, tar_format, zip_format
+from tracecap.checkpoint import legacy_pickle_format, load_checkpoint, tar_format, zip_format
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "legacy-checkpoints"
 CASES_PER_FIXTURE = 260
@@ -81,7 +81,7 @@ def test_fuzz_only_checkpoint_errors(tmp_path, monkeypatch):
             biggest["n"] = max(biggest.get("n", 0), ref.data.numel())
         return allocate
 
-    for module in (legacy_format, tar_format, zip_format):
+    for module in (legacy_pickle_format, tar_format, zip_format):
         monkeypatch.setattr(module, "allocate", spy(module.allocate))
 
     rng = random.Random(20240501)

@@ -15,7 +15,7 @@ import torch
 
 from tracecap import ops as opslib
 from tracecap.errors import CaptureError
-from tracecap.graph import Blob, Graph, Quantization, map_structure
+from tracecap.graph import Blob, Graph, Quantization, has_containers, map_structure
 from tracecap.recorder import _version
 
 
@@ -40,7 +40,13 @@ def _flat_with_paths(prefix, obj, out):
 
 def _sub(obj, lookup):
     """obj with every tensor replaced by its Blob."""
-    return map_structure(obj, lambda o: lookup[id(o)] if isinstance(o, torch.Tensor) else o)
+    def blob_of(o):
+        return lookup[id(o)] if isinstance(o, torch.Tensor) else o
+    if type(obj) is dict and not has_containers(obj.values()):  # the common, flat case
+        return {k: blob_of(v) for k, v in obj.items()}
+    if type(obj) is tuple and not has_containers(obj):
+        return tuple(blob_of(v) for v in obj)
+    return map_structure(obj, blob_of)
 
 
 def _slot_of(params, tensor):

@@ -91,8 +91,18 @@ class Blob:
 def blobs_in(obj):
     """The distinct Blobs inside ``obj`` (lists, tuples, dicts, any depth), in walk order."""
     found = {}
-    map_structure(obj, lambda o: found.setdefault(o, None) if isinstance(o, Blob) else None)
+    _collect_blobs(obj, found)
     return list(found)
+
+
+def _collect_blobs(obj, found):
+    if type(obj) is Blob:
+        found[obj] = None
+        return
+    kind = _container_kind(obj)
+    if kind is not None:
+        for o in (obj.values() if kind is dict else obj):
+            _collect_blobs(o, found)
 
 
 class Node:
@@ -425,13 +435,37 @@ def map_structure(obj, fn):
     recorder's ``_tensors`` and the builder's ``_flat_with_paths`` walk too, but collect
     instead of copying).
     """
-    if isinstance(obj, list):
+    kind = _container_kind(obj)
+    if kind is None:
+        return fn(obj)
+    if kind is list:
         return [map_structure(o, fn) for o in obj]
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+    if kind is tuple:
         return tuple(map_structure(o, fn) for o in obj)
+    return {k: map_structure(v, fn) for k, v in obj.items()}
+
+
+def has_containers(values):
+    """Does any of ``values`` hold a list, tuple or dict map_structure would walk into?"""
+    return any(_container_kind(v) is not None for v in values)
+
+
+_EXACT = {list: list, tuple: tuple, dict: dict}
+
+
+def _container_kind(obj):
+    """list, tuple or dict when map_structure walks into ``obj``; None for a leaf. Exact types are
+    answered by one dict lookup (the hot path of the builder); subclasses by isinstance."""
+    kind = _EXACT.get(type(obj), False)
+    if kind is not False:
+        return kind
+    if isinstance(obj, list):
+        return list
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple
     if isinstance(obj, dict):
-        return {k: map_structure(v, fn) for k, v in obj.items()}
-    return fn(obj)
+        return dict
+    return None
 
 
 def _jsonable(obj):

@@ -15,7 +15,7 @@ import torch
 from tracecap.errors import CheckpointError
 
 from .detect import detect_format
-from .legacy_format import read_pickle_or_legacy
+from .legacy_pickle_format import read_pickle_or_legacy
 from .result import Checkpoint
 from .tar_format import read_tar
 from .zip_format import read_zip

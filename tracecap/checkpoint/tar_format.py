@@ -18,7 +18,7 @@ import tarfile
 
 from tracecap.errors import CheckpointError
 
-from .legacy_format import collect_facts, read_into, sys_info_big_endian
+from .legacy_pickle_format import collect_facts, read_into, sys_info_big_endian
 from .placeholders import ClassRef
 from .policy import CheckpointPolicy
 from .result import CheckpointInfo

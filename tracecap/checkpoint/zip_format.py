@@ -18,7 +18,7 @@ import zlib
 
 from tracecap.errors import CheckpointError
 
-from .legacy_format import collect_facts
+from .legacy_pickle_format import collect_facts
 from .policy import CheckpointPolicy
 from .result import CheckpointInfo
 from .source import CappedFile, Region

@@ -49,8 +49,21 @@ def raw_name(func):
     return name
 
 
+_CANONICAL = {}
+
+
 def canonical_name(func):
-    """Return (canonical op name, swapped operands?, written in place?)."""
+    """Return (canonical op name, swapped operands?, written in place?); remembered per callable."""
+    try:
+        return _CANONICAL[func]
+    except KeyError:
+        found = _CANONICAL[func] = _canonical(func)
+        return found
+    except TypeError:  # an unhashable callable
+        return _canonical(func)
+
+
+def _canonical(func):
     qual = qualified_name(func)
     if qual is not None:
         return qual, False, False
