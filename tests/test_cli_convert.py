@@ -63,7 +63,6 @@ def test_convert_unsupported_op_exits_2_naming_the_source(tmp_path, capsys):
     (["convert", "nosuch"], "unknown model 'nosuch'"),
     (["convert", "lenet", "--input", "1xAx3"], "expected dimensions like 1x3x224x224"),
     (["convert", "missing_file.py:Net", "--input", "1x3"], "model file not found"),
-    (["convert", "lenet", "--dialect", "bvlc", "--verify"], "no runtime reads the bvlc dialect"),
 ])
 def test_convert_bad_arguments(args, message, tmp_path, capsys):
     rc = cli.main(args + ["-o", str(tmp_path), "--quiet"])
@@ -136,10 +135,3 @@ def test_verify_compares_every_available_runtime(tmp_path, capsys, runtime):
     assert row["shape"] == [1, 1000]
     if runtime == "caffe":
         assert row["caffe"] < 1e-4 * max(1.0, row["max_abs"])
-
-
-def test_verify_refuses_the_bvlc_dialect_with_the_fix(tmp_path, capsys):
-    assert cli.main(["convert", "lenet", "--dialect", "bvlc", "-o", str(tmp_path), "--quiet"]) == 0
-    capsys.readouterr()
-    assert cli.main(["verify", str(tmp_path / "lenet.prototxt"), str(tmp_path / "lenet.caffemodel")]) == 2
-    assert "convert with --dialect opencv" in capsys.readouterr().err

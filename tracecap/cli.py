@@ -108,13 +108,22 @@ def _run_verify(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracecap", description="Convert PyTorch models to Caffe.")
+    parser.add_argument("--debug", action="store_true", help="print the Python traceback behind an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, cmd in COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="print the Python traceback behind an error")
         cmd.configure(p)
         p.set_defaults(_run=cmd.run)
     return parser
+
+
+def _traceback_if(debug):
+    if debug:
+        import traceback
+        traceback.print_exc()
 
 
 def main(argv=None) -> int:
@@ -122,8 +131,15 @@ def main(argv=None) -> int:
     try:
         return args._run(args) or 0
     except TracecapError as exc:
+        _traceback_if(args.debug)
         print(f"tracecap: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head`: not an error worth a traceback
         sys.stdout = None
         return 0
+    except Exception as exc:  # not one of ours: a bug here or in the model's code - still one paragraph
+        _traceback_if(args.debug)
+        text = " ".join(str(exc).split())[:500]
+        print(f"tracecap: error: unexpected {type(exc).__name__}: {text} (a bug in tracecap or in the model's "
+              f"code; run with --debug for the traceback)", file=sys.stderr)
+        return 2

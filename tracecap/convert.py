@@ -69,6 +69,28 @@ def resolve_model(spec):
     return model, None, attr.lower()
 
 
+def forward_failure(exc, model, shapes):
+    """A ConvertError for a forward that raised: the error, where in the user's code, in which module."""
+    from tracecap.recorder import _file_kind
+    names = {id(m): name for name, m in model.named_modules()}
+    where, scope = None, None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if _file_kind(frame.f_code.co_filename) == "user" and frame.f_code.co_filename != __file__:
+            where = f"{os.path.basename(frame.f_code.co_filename)}:{tb.tb_lineno}"
+        module = frame.f_locals.get("self")
+        if frame.f_code.co_name == "forward" and id(module) in names:
+            scope = names[id(module)] or "<root>"
+        tb = tb.tb_next
+    text = " ".join(str(exc).split())
+    if len(text) > 300:
+        text = text[:300] + " ..."
+    inputs = ", ".join("x".join(map(str, s)) for s in shapes)
+    loc = " (" + " in ".join(p for p in (f"at {where}" if where else None, scope) if p) + ")" if where or scope else ""
+    return ConvertError(f"the model's forward failed on input {inputs}: {type(exc).__name__}: {text}{loc}")
+
+
 def load_weights(model, path, quiet=False):
     """Load a checkpoint's weights into ``model`` safely (no code from the file runs).
 
@@ -93,12 +115,42 @@ def _step(n, total, text, quiet):
         print(f"[{n}/{total}] {text}", file=sys.stderr, flush=True)
 
 
+def _verify(graph, inputs, refs, proto, caffemodel, dialect, summary, total, quiet):
+    """Run the written files on every available runtime; fill summary["verify"]."""
+    import tempfile
+    from tracecap import runtimes
+    from tracecap.compare import within_tolerance
+    from tracecap.verify import runnable
+    if not runtimes.available():
+        raise ConvertError("--verify: no real runtime is available here (pip install opencv-python-headless, or "
+                           "build Caffe with python -m tracecap.runtimes.build_caffe)")
+    feed = {b.name: x.numpy() for b, x in zip(graph.inputs, inputs)}
+    with tempfile.TemporaryDirectory(prefix="tracecap-verify-") as tmp:
+        run_proto, run_model, note = runnable(proto, caffemodel, dialect, tmp)
+        usable = runtimes.available("opencv" if note else dialect)
+        if not usable:
+            raise ConvertError(f"--verify: no runtime reads the {dialect} dialect here (available: "
+                               f"{', '.join(runtimes.available())})")
+        _step(4, total, f"verifying on {', '.join(usable)}" + (f" ({note})" if note else ""), quiet)
+        if note:
+            summary["verify_note"] = note
+        for rt in usable:
+            got = runtimes.run(run_proto, run_model, feed, runtime=rt, blobs=summary["outputs"])
+            worst, ok = 0.0, True
+            for bname, ref in zip(summary["outputs"], refs):
+                ref = ref.detach().numpy()
+                diff, agrees = within_tolerance(got[bname].reshape(ref.shape), ref)
+                worst, ok = max(worst, diff), ok and agrees
+            summary["verify"][rt] = {"max_abs_diff": worst, "ok": ok}
+            if not quiet:
+                print(f"      {rt}: max abs diff {worst:.3g} {'ok' if ok else 'TOO LARGE'}", file=sys.stderr)
+
+
 def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False, weights=None,
             fold_bn=False):
     """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json)."""
-    from tracecap import capture, runtimes
+    from tracecap import capture
     from tracecap.mappers import caffe
-    from tracecap.compare import within_tolerance
 
     total = 4 if verify else 3
     t0 = time.perf_counter()
@@ -118,7 +170,10 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
     _step(2, total, f"capturing forward on input(s) {', '.join('x'.join(map(str, s)) for s in shapes)}", quiet)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        reference = model(*inputs)
+        try:
+            reference = model(*inputs)
+        except Exception as exc:
+            raise forward_failure(exc, model, shapes) from exc
         with capture() as cap:
             model(*inputs)
     graph = cap.graph
@@ -137,25 +192,7 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
                "inputs": {b.name: list(b.shape) for b in graph.inputs},
                "outputs": [b.name for b in graph.outputs], "ops": len(graph.nodes), "verify": {}}
     if verify:
-        usable = runtimes.available(dialect)
-        if not usable:
-            raise ConvertError(f"--verify: no runtime reads the {dialect} dialect here (available: "
-                               f"{', '.join(runtimes.available()) or 'none'}); OpenCV and brocolli-caffe read "
-                               f"--dialect opencv")
-        _step(4, total, f"verifying on {', '.join(usable)}", quiet)
-        feed = {b.name: x.numpy() for b, x in zip(graph.inputs, inputs)}
-        for rt in usable:
-            got = runtimes.run(proto, caffemodel, feed, runtime=rt, blobs=summary["outputs"])
-            worst = 0.0
-            ok = True
-            for bname, ref in zip(summary["outputs"], refs):
-                ref = ref.detach().numpy()
-                diff, agrees = within_tolerance(got[bname].reshape(ref.shape), ref)
-                worst = max(worst, diff)
-                ok = ok and agrees
-            summary["verify"][rt] = {"max_abs_diff": worst, "ok": ok}
-            if not quiet:
-                print(f"      {rt}: max abs diff {worst:.3g} {'ok' if ok else 'TOO LARGE'}", file=sys.stderr)
+        _verify(graph, inputs, refs, proto, caffemodel, dialect, summary, total, quiet)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     with open(os.path.join(outdir, f"{name}.json"), "w") as f:
         json.dump(summary, f, indent=2)

@@ -34,7 +34,8 @@ _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _STDLIB_DIRS = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")})
 _SITE_MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
 
-# per-file verdicts: "torch" (skip upward), "ours"/"stdlib" (an op called from here is not the user's), "user"
+# per-file verdicts: "torch"/"ours" (skip upward to the user's caller), "stdlib" (an op called from here is
+# not the user's), "user"
 _FILE_KIND = {}
 
 
@@ -218,13 +219,19 @@ class Recorder:
         return None
 
     def _user_frame(self, frame):
-        """First caller outside torch; None when an op was called by tracecap or the stdlib."""
+        """The frame an op was called from on the user's behalf: the first caller outside torch
+        and tracecap, or the with-block itself (``tracecap convert`` runs the model from its own
+        block; tracecap's compat wrappers call ops for the user's code that called them).
+        None when the stdlib called the op."""
         f = frame.f_back
+        block = self.block_frame
         while f is not None:
+            if f is block:
+                return f
             kind = _file_kind(f.f_code.co_filename)
             if kind == "user":
                 return f
-            if kind != "torch":
+            if kind == "stdlib":
                 return None
             f = f.f_back
         return None
