@@ -112,12 +112,14 @@ def softmax():
     return m
 
 
-def resnet_style(seed=0, width=8, classes=10):
+def resnet_style(seed=0, width=8, classes=10, size=224):
     """conv(MM)-BN-ReLU-maxpool(ceil), a basic residual block (cudnn conv/BN/ReLU, an old-format BN),
     a strided block with a 1x1 projection shortcut, global average pooling, View, Dropout, Linear,
     SoftMax: the shape of fb.resnet.torch's ImageNet ResNets, small."""
     g = torch.Generator().manual_seed(seed)
     w, w2 = width, 2 * width
+    pooled = -(-(size - 1) // 2) + 1  # max pooling 3/2/1 in ceil mode
+    final = (pooled - 1) // 2 + 1  # the strided block
     block1 = residual(seq(conv(g, w, w, 3, 1, 1, "cudnn.SpatialConvolution", bias=False),
                           batchnorm(g, w, "cudnn.SpatialBatchNormalization"), relu("cudnn.ReLU"),
                           conv(g, w, w, 3, 1, 1, bias=False), batchnorm(g, w, old=True)),
@@ -126,7 +128,7 @@ def resnet_style(seed=0, width=8, classes=10):
                           conv(g, w2, w2, 3, 1, 1, "nn.SpatialConvolutionMM", bias=False), batchnorm(g, w2)),
                       seq(conv(g, w, w2, 1, 2, 0, bias=False), batchnorm(g, w2)))
     return seq(conv(g, 3, w, 3, 1, 1, "nn.SpatialConvolutionMM"), batchnorm(g, w), relu(),
-               max_pool(3, 2, 1, ceil=True), block1, block2, avg_pool(57), view(w2), dropout(0.5),
+               max_pool(3, 2, 1, ceil=True), block1, block2, avg_pool(final), view(w2), dropout(0.5),
                linear(g, w2, classes), softmax())
 
 
