@@ -194,6 +194,31 @@ def _build(node: ModuleNode, namespace: dict, where: str, depth=0) -> nn.Module:
     return module
 
 
+def _same_architecture(root: ModuleNode, candidate: nn.Module) -> bool:
+    """Every recorded module has a namesake of the same class and the same plain attributes
+    (kernel sizes, strides, a zoo model's options ...) in ``candidate``."""
+    modules = dict(candidate.named_modules())
+    for path, node in root.named_modules():
+        twin = modules.get(path)
+        if twin is None or type(twin).__name__ != node.class_name:
+            return False
+        for key, value in node.attrs.items():
+            if key == "training" or isinstance(value, torch.Tensor) or not _plain(value) or not hasattr(twin, key):
+                continue
+            if not _equal(getattr(twin, key), value):
+                return False
+    return True
+
+
+def _equal(a, b) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
+    except Exception:  # values that do not compare plainly: not the same architecture
+        return False
+
+
 def zoo_match(root: ModuleNode):
     """(zoo name, model with the checkpoint's weights) when a bundled architecture fits, else None."""
     from tracecap import legacy_models as zoo
@@ -201,7 +226,7 @@ def zoo_match(root: ModuleNode):
     for name in zoo.NAMES:
         with torch.device("meta"):
             candidate = zoo.get_factory(name)()
-        if type(candidate).__name__ != root.class_name:
+        if type(candidate).__name__ != root.class_name or not _same_architecture(root, candidate):
             continue
         fixed, report = fix_state_dict(state, candidate)
         if report.ok:
