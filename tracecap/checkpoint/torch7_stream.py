@@ -153,19 +153,18 @@ class AsciiStream(Torch7Stream):
         self.pos = pos
         return data[start:pos]
 
-    def _integer(self, what: str) -> int:
+    def _parsed(self, parse, what: str):
         token = self._token(what)
         try:
-            return int(token)
+            return parse(token)
         except ValueError:
             self.fail(f"expected {what}, found {token[:20]!r}")
 
+    def _integer(self, what: str) -> int:
+        return self._parsed(int, what)
+
     def _number(self, what: str) -> float:
-        token = self._token(what)
-        try:
-            return float(token)
-        except ValueError:
-            self.fail(f"expected {what}, found {token[:20]!r}")
+        return self._parsed(float, what)  # accepts C's inf, -inf, nan, like fscanf("%lg")
 
     def int(self) -> int:
         value = self._integer("an integer")

@@ -20,9 +20,9 @@ before 0.4 (no ``align_corners`` attribute) computed ``align_corners=True`` and 
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import inspect
 import os
+import runpy
 import sys
 import warnings
 
@@ -51,20 +51,16 @@ def torch_class(class_path: str):
 
 
 def user_classes(code) -> dict:
-    """nn.Module classes by name from the user's own file (imported: it runs, as asked)."""
+    """nn.Module classes by name from the user's own file (run, as asked; its folder importable)."""
     path = os.fspath(code)
     if not os.path.isfile(path):
         raise RevivalError(f"--code {path}: no such file")
-    name = "tracecap_code_" + os.path.splitext(os.path.basename(path))[0]
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     try:
-        spec.loader.exec_module(module)
+        namespace = runpy.run_path(path, run_name="tracecap_code_" + os.path.splitext(os.path.basename(path))[0])
     finally:
         sys.path.pop(0)
-    return {obj.__name__: obj for obj in vars(module).values()
-            if isinstance(obj, type) and issubclass(obj, nn.Module)}
+    return {obj.__name__: obj for obj in namespace.values() if isinstance(obj, type) and issubclass(obj, nn.Module)}
 
 
 def needed_classes(root: ModuleNode, namespace: dict) -> list:
@@ -247,9 +243,11 @@ def rebuild_module(root: ModuleNode, code=None, source: str = "checkpoint") -> n
     if match is not None:
         return match[1].eval()
     classes = sorted({cls for _, cls in needed})
-    where = "; ".join(f"{cls} at {path}" for path, cls in needed[:12]) + ("; ..." if len(needed) > 12 else "")
+    where = "; ".join(f"{cls} at {'the root' if path == '(root)' else path}" for path, cls in needed[:12])
+    where += "; ..." if len(needed) > 12 else ""
     hint = ("your --code file defines none of them by these names" if code is not None else
             "give their definitions with --code FILE.py (that file is imported and run; nothing from the "
             "checkpoint is)")
     raise RevivalError(f"{source} holds a whole {root.class_path} module that needs classes tracecap does not "
-                       f"have: {', '.join(classes)} ({where}); it is not a bundled zoo architecture either; {hint}")
+                       f"have: {', '.join(classes)} (where: {where}); it is not a bundled zoo architecture "
+                       f"either; {hint}")
