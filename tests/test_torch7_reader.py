@@ -327,8 +327,8 @@ class TestDetection:
 
 
 # -- hostile files -------------------------------------------------------------------------------
-def _small_file():
-    return fx.t7_bytes({"net": nn_tree(), "s": "string", "n": [1.5, True], "t": torch.arange(3)})
+def _small_file(**options):
+    return fx.t7_bytes({"net": nn_tree(), "s": "string", "n": [1.5, True], "t": torch.arange(3)}, **options)
 
 
 def _header(typename, version=True):
@@ -346,12 +346,23 @@ def _patched(data, old: bytes, new: bytes):
 
 
 class TestHostile:
-    def test_truncated_at_every_offset(self):
-        data = _small_file()
+    @pytest.mark.parametrize("byteorder", ["little", "big"])
+    def test_truncated_at_every_offset(self, byteorder):
+        data = _small_file(byteorder=byteorder)
         for cut in range(len(data)):
             with pytest.raises(CheckpointError):
                 load_torch7(data[:cut])
-        assert len(data) > 1000
+        assert len(data) > 2000
+
+    def test_truncated_ascii_is_refused_or_reads_a_shorter_number(self):
+        data = _small_file(encoding="ascii")  # "1.5" cut to "1." is still a number, for Torch7 too
+        refused = 0
+        for cut in range(len(data)):
+            try:
+                load_torch7(data[:cut])
+            except CheckpointError:
+                refused += 1
+        assert refused >= len(data) - 8
 
     @pytest.mark.parametrize("case", ["string_length", "negative_string", "table_pairs", "negative_pairs",
                                       "storage_count", "negative_storage", "ndim", "negative_ndim",

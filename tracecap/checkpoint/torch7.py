@@ -263,7 +263,7 @@ class Torch7Reader:
                 s.fail(f"object #{index} refers to a tensor that is still being read")
             return seen
         if code == TABLE:
-            pairs = s.count(s.int(), "a table", 8)
+            pairs = s.count(s.int(), "a table", 4)  # a pair takes two type codes at least
             self.memo[index] = table = LuaTable()
             if pairs == 0:
                 return table
