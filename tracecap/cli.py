@@ -58,7 +58,8 @@ def _run_inspect(args) -> int:
 
 
 def _convert_options(parser):
-    parser.add_argument("spec", help="bundled model name (e.g. resnet18), pkg.module:factory or file.py:Class")
+    parser.add_argument("spec", help="bundled model name (e.g. resnet18), pkg.module:factory, file.py:Class, "
+                                     "a Lua Torch7 network (.t7) or a whole-module checkpoint")
     parser.add_argument("--input", action="append", default=[], metavar="NxCxHxW",
                         help="input shape; repeat for several inputs (bundled models know theirs)")
     parser.add_argument("-o", "--outdir", default=".", help="where NAME.prototxt/.caffemodel/.json go")
@@ -68,6 +69,9 @@ def _convert_options(parser):
                         help="run the result on every available real runtime and compare with PyTorch")
     parser.add_argument("--weights", metavar="CHECKPOINT",
                         help="load weights from a checkpoint (any PyTorch format, read safely; keys fixed)")
+    parser.add_argument("--code", metavar="FILE.py",
+                        help="SPEC is a whole-module checkpoint: import the model classes from this file "
+                             "of yours (it runs; nothing from the checkpoint does)")
     parser.add_argument("--fold-bn", action="store_true",
                         help="fold eval BatchNorm into the preceding Convolution/InnerProduct")
     parser.add_argument("--name", help="output file stem (default: the model name)")
@@ -81,7 +85,7 @@ def _run_convert(args) -> int:
 
     summary = convert(args.spec, [parse_shape(s) for s in args.input], args.outdir, dialect=args.dialect,
                       verify=args.verify, seed=args.seed, name=args.name, quiet=args.quiet, weights=args.weights,
-                      fold_bn=args.fold_bn)
+                      fold_bn=args.fold_bn, code=args.code)
     print(f"{summary['prototxt']}\n{summary['caffemodel']}")
     return 0 if all(v["ok"] for v in summary["verify"].values()) else 1
 

@@ -35,9 +35,13 @@ def parse_shape(text):
     return dims
 
 
-def resolve_model(spec):
+def resolve_model(spec, code=None):
     """Return (model, default input shape or None, short name)."""
     from tracecap import legacy_models as zoo
+    from tracecap.legacy.checkpoint_spec import resolve_checkpoint_spec
+    checkpoint = resolve_checkpoint_spec(spec, code)  # a Torch7 net or whole-module file, else None
+    if checkpoint is not None:
+        return checkpoint
     if spec in zoo.NAMES:
         return zoo.build(spec, seed=0), zoo.input_shape(spec), spec
     if ":" not in spec:
@@ -147,7 +151,7 @@ def _verify(graph, inputs, refs, proto, caffemodel, dialect, summary, total, qui
 
 
 def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False, weights=None,
-            fold_bn=False):
+            fold_bn=False, code=None):
     """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json)."""
     from tracecap import capture
     from tracecap.mappers import caffe
@@ -155,7 +159,7 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
     total = 4 if verify else 3
     t0 = time.perf_counter()
     _step(1, total, f"loading model {spec}", quiet)
-    model, default_shape, short = resolve_model(spec)
+    model, default_shape, short = resolve_model(spec, code)
     if weights is not None:
         load_weights(model, weights, quiet)
     name = name or short

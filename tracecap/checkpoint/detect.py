@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from tracecap.errors import CheckpointError
 
+from .torch7_stream import layout_of
+
 # The legacy format opens with pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2).
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_HEADER = b"\x80\x02\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little") + b"."
@@ -12,7 +14,7 @@ _PICKLE_START = set(b"(]})NIJKLMFGSTUVXcdl.\x88\x89BC")
 
 
 def detect_format(head: bytes, size: int, name: str = "file") -> str:
-    """"zip", "tar", "legacy" or "pickle" ("pickle" may still turn out to be legacy)."""
+    """"zip", "tar", "legacy", "pickle" ("pickle" may still turn out to be legacy) or "torch7"."""
     if size == 0:
         raise CheckpointError(f"{name} is empty")
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
@@ -25,10 +27,8 @@ def detect_format(head: bytes, size: int, name: str = "file") -> str:
         return "pickle"
     if head[:2] == b"\x1f\x8b":
         raise CheckpointError(f"{name} is gzip-compressed; decompress it first (e.g. gunzip)")
-    if len(head) >= 4 and head[1:4] == b"\0\0\0" and 0 <= head[0] <= 8:
-        raise CheckpointError(
-            f"{name} looks like a Lua Torch7 (.t7) file, a different format from PyTorch checkpoints; "
-            f"tracecap reads PyTorch checkpoints only")
+    if layout_of(head) is not None:
+        return "torch7"
     if head[:1] and head[0] in _PICKLE_START:
         return "pickle"
     raise CheckpointError(

@@ -14,6 +14,7 @@ from tracecap.errors import CheckpointError
 from .load import read_checkpoint
 from .module_tree import ModuleNode
 from .placeholders import Opaque
+from .torch7_inspect import torch7_report
 from .weights import describe, find_state_dict
 
 MAX_DEPTH = 12
@@ -87,8 +88,9 @@ def inspect_checkpoint(path) -> dict:
     """Plain-data report: format, writer, tensors (name, dtype, shape, bytes), totals, module tree."""
     ck = read_checkpoint(path)
     info, obj = ck.info, ck.obj
+    torch7 = torch7_report(obj) if info.format == "torch7" else None
     tensors = []
-    for name, t in iter_tensors(obj):
+    for name, t in (torch7["tensors"] if torch7 else iter_tensors(obj)):
         tensors.append({"name": name or "(the whole object)", "dtype": _dtype_name(t.dtype), "shape": list(t.shape),
                         "bytes": t.numel() * t.element_size()})
     report = {
@@ -113,6 +115,10 @@ def inspect_checkpoint(path) -> dict:
         "module_trees": [],
         "notes": list(info.notes),
     }
+    if torch7:
+        report.update(weights=torch7["weights"], total_parameters=torch7["total_parameters"],
+                      module_trees=torch7["module_trees"])
+        return report
     try:
         weights, found = find_state_dict(obj)
         report["weights"] = found.source

@@ -18,9 +18,11 @@ from .detect import detect_format
 from .legacy_pickle_format import read_pickle_or_legacy
 from .result import Checkpoint
 from .tar_format import read_tar
+from .torch7 import read_torch7
 from .zip_format import read_zip
 
-_READERS = {"zip": read_zip, "tar": read_tar, "legacy": read_pickle_or_legacy, "pickle": read_pickle_or_legacy}
+_READERS = {"zip": read_zip, "tar": read_tar, "legacy": read_pickle_or_legacy, "pickle": read_pickle_or_legacy,
+            "torch7": read_torch7}
 _HEAD = 512
 
 
