@@ -114,7 +114,7 @@ class BinaryStream(Torch7Stream):
             ref.data.numpy().view(np.int64)[:] = raw
             ref.filled = True
             return
-        from .legacy_format import read_into  # (legacy_format imports detect, which imports us)
+        from .legacy_pickle_format import read_into  # (legacy_pickle_format imports detect, which imports us)
         read_into(self.region, ref, self.byteorder == "big")
 
 
