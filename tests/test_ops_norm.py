@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from canonical import check_reference_replay
 from op_cases import Refusal, case, ids, run_case, run_refusal
 
 torch.manual_seed(3)
@@ -120,3 +121,8 @@ def test_norm(c, runtime, tmp_path):
 @pytest.mark.parametrize("r", REFUSALS, ids=ids(REFUSALS))
 def test_norm_refused(r):
     run_refusal(r)
+
+
+@pytest.mark.parametrize("c", CASES, ids=ids(CASES))
+def test_norm_replays_from_canonical_params(c):
+    check_reference_replay(c)

@@ -3,6 +3,7 @@ both real runtimes: each case is converted and compared with eager PyTorch (op_c
 import pytest
 import torch
 
+from canonical import check_reference_replay
 from op_cases import Refusal, case, ids, run_case, run_refusal
 
 torch.manual_seed(14)
@@ -92,3 +93,8 @@ def test_reduction(c, runtime, tmp_path):
 @pytest.mark.parametrize("r", REFUSALS, ids=ids(REFUSALS))
 def test_reduction_refused(r):
     run_refusal(r)
+
+
+@pytest.mark.parametrize("c", CASES, ids=ids(CASES))
+def test_reduction_replays_from_canonical_params(c):
+    check_reference_replay(c)

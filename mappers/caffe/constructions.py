@@ -252,6 +252,8 @@ def silence_unused(ctx, blobs):
 
 def as_view(ctx, bottom, shape, view, what="view"):
     """``bottom`` (of ``shape``) seen as ``view``: itself when the shapes agree, else a Reshape."""
+    if 0 in tuple(view):
+        raise Unsupported(f"an empty tensor {tuple(view)}: Caffe blobs have no zero-size axes")
     if tuple(shape) == tuple(view):
         return [], bottom
     top = ctx.tmp(what)
@@ -260,6 +262,8 @@ def as_view(ctx, bottom, shape, view, what="view"):
 
 def split_at_run(shape, start, stop):
     """(outer, rows, inner) of ``shape`` around the axis run [start, stop)."""
+    if 0 in tuple(shape):
+        raise Unsupported(f"an empty tensor {tuple(shape)}: Caffe blobs have no zero-size axes")
     return prod(shape[:start]), prod(shape[start:stop]), prod(shape[stop:])
 
 
@@ -335,7 +339,28 @@ def normalize_rows(ctx, bottom, view, eps, top):
 def affine(ctx, bottom, axis, weight, bias, shape, top):
     """x * weight + bias with weight/bias (constants, either may be None) over the axes from ``axis``:
     a Scale layer (bias_term when there is a bias); ``shape`` is the weight's shape."""
-    w = ctx.array(weight).reshape(shape) if weight is not None else np.ones(shape, np.float32)
-    blobs = [w] + ([ctx.array(bias).reshape(shape)] if bias is not None else [])
+    def as_shape(v):
+        a = ctx.array(v)
+        if a.size != prod(shape):
+            raise Unsupported(f"affine parameter of {a.size} values for shape {tuple(shape)}")
+        return a.reshape(shape)
+    w = as_shape(weight) if weight is not None else np.ones(shape, np.float32)
+    blobs = [w] + ([as_shape(bias)] if bias is not None else [])
     params = {"axis": axis, "num_axes": len(shape), "bias_term": bias is not None}
     return [ctx.layer("Scale", [bottom], [top], name=top, params=params, blobs=blobs)]
+
+
+def number(v, what):
+    """A Python or one-element-constant number as float, else Unsupported (a mapper never gets a TypeError)."""
+    f = scalar_operand(v)
+    if f is None:
+        raise Unsupported(f"{what} must be a number, got {type(v).__name__}")
+    return f
+
+
+def integer(v, what):
+    """An int argument (a float that is whole counts) as int, else Unsupported."""
+    f = scalar_operand(v)
+    if f is None or not math.isfinite(f) or f != int(f):
+        raise Unsupported(f"{what} must be an integer, got {v!r}")
+    return int(f)

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from tracecap.graph import Blob
-from tracecap.mappers.caffe.constructions import clip, power_layer
+from tracecap.mappers.caffe.constructions import clip, number, power_layer
 from tracecap.mappers.caffe.registry import norm_axis, register
 
 
@@ -124,7 +124,7 @@ def softplus_exact_above(beta, threshold):
 def softplus(node, ctx):
     """BNLL is log(1 + exp(x)); beta scales around it. PyTorch's switch to the identity above
     ``threshold`` is only taken where it makes no float32 difference (the default 20 is)."""
-    beta, threshold = float(node.params["beta"]), float(node.params["threshold"])
+    beta, threshold = number(node.params["beta"], "beta"), number(node.params["threshold"], "threshold")
     if not softplus_exact_above(beta, threshold):
         ctx.unsupported(f"softplus(beta={beta:g}, threshold={threshold:g}): above the threshold PyTorch returns x, "
                         f"log(1 + exp(beta*x))/beta differs from it by up to "
@@ -177,10 +177,7 @@ def gelu(node, ctx):
 def threshold(node, ctx):
     """y = x if x > threshold else value. With value == threshold it is max(x, threshold) (a clamp);
     any other value makes a jump at the threshold, which no layer both runtimes run reproduces."""
-    th, value = node.params["threshold"], node.params["value"]
-    if isinstance(th, Blob) or isinstance(value, Blob):
-        ctx.unsupported("threshold with tensor arguments")
-    th, value = float(th), float(value)
+    th, value = number(node.params["threshold"], "threshold"), number(node.params["value"], "value")
     if value != th:
         ctx.unsupported(f"threshold({th:g}, {value:g}): the jump from {value:g} to x at {th:g} needs a step "
                         f"function; Caffe's Threshold layer (a 0/1 step) is not in OpenCV")

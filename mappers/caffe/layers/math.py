@@ -64,3 +64,15 @@ def log(node, ctx):
 def erf(node, ctx):
     ctx.unsupported("no Caffe mapping for `erf`: no Caffe layer computes it, and no exact construction from "
                     "the layers both runtimes run exists")
+
+
+@register("where")
+def where(node, ctx):
+    ctx.unsupported("torch.where selects by a mask, which Caffe has no layer for; only where(x > 0, x, c * x) "
+                    "(a leaky ReLU) and where(x > s, x, s) / where(x < s, x, s) (clamps) convert "
+                    "(passes.fold_compare_select)")
+
+
+@register("gt", "ge", "lt", "le", "eq", "ne")
+def comparison(node, ctx):
+    ctx.unsupported(f"`{node.op}` makes a boolean tensor, which Caffe has no layer for")

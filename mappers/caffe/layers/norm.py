@@ -9,24 +9,27 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
-from tracecap.mappers.caffe.constructions import (affine, as_view, crop, normalize_rows, power_layer, prod,
-                                                  reshape_layer, round_mode, spread_rows, sum_rows)
+from tracecap.graph import Blob
+from tracecap.mappers.caffe.constructions import (affine, as_view, crop, integer, normalize_rows, number, power_layer,
+                                                  prod, reshape_layer, round_mode, spread_rows, sum_rows)
 from tracecap.mappers.caffe.registry import register
 
 
 def batchnorm_layers(ctx, bottom, mean, var, eps, weight, bias, top):
     """BatchNorm with the running statistics (scale factor 1), then Scale for the affine part."""
+    c = ctx.in_shape()[1] if len(ctx.in_shape()) > 1 else 0
+    if mean.size != c or var.size != c:
+        ctx.unsupported(f"running statistics of {mean.size}/{var.size} values for {c} channels")
     affine_part = weight is not None or bias is not None
     bn_top = ctx.tmp("bn") if affine_part else top
     layers = [ctx.layer("BatchNorm", [bottom], [bn_top], name=bn_top,
                         params={"use_global_stats": True, "eps": float(eps)},
                         blobs=[mean, var, np.ones(1, np.float32)])]
     if affine_part:
-        c = mean.shape[0]
-        gamma = ctx.array(weight) if weight is not None else np.ones(c, np.float32)
-        beta = ctx.array(bias) if bias is not None else np.zeros(c, np.float32)
-        layers.append(ctx.layer("Scale", [bn_top], [top], name=top, params={"bias_term": True}, blobs=[gamma, beta]))
+        bias = bias if bias is not None else Blob("zeros", "const", (c,), value=torch.zeros(c))
+        layers += affine(ctx, bn_top, 1, weight, bias, (c,), top)
     return layers
 
 
@@ -38,7 +41,7 @@ def batch_norm(node, ctx):
     if p["running_mean"] is None or p["running_var"] is None:
         ctx.unsupported("batch_norm without running statistics (track_running_stats=False)")
     return batchnorm_layers(ctx, ctx.bottom(p["input"]), ctx.array(p["running_mean"]), ctx.array(p["running_var"]),
-                            p["eps"], p["weight"], p["bias"], ctx.top)
+                            number(p["eps"], "eps"), p["weight"], p["bias"], ctx.top)
 
 
 def _per_row_norm(ctx, node, view, weight_axis, weight_shape):
@@ -49,7 +52,7 @@ def _per_row_norm(ctx, node, view, weight_axis, weight_shape):
     has_affine = p["weight"] is not None or p["bias"] is not None
     back = tuple(view) != tuple(shape)
     normed = ctx.tmp("normalized") if back or has_affine else ctx.top
-    layers += normalize_rows(ctx, x, view, p["eps"], normed)
+    layers += normalize_rows(ctx, x, view, number(p["eps"], "eps"), normed)
     if back:
         shaped = ctx.tmp("unflattened") if has_affine else ctx.top
         layers.append(reshape_layer(ctx, normed, shape, top=shaped))
@@ -71,7 +74,8 @@ def instance_norm(node, ctx):
         if p["running_mean"] is None or p["running_var"] is None:
             ctx.unsupported("instance_norm(use_input_stats=False) without running statistics")
         return batchnorm_layers(ctx, ctx.bottom(p["input"]), ctx.array(p["running_mean"]),
-                                ctx.array(p["running_var"]), p["eps"], p["weight"], p["bias"], ctx.top)
+                                ctx.array(p["running_var"]), number(p["eps"], "eps"), p["weight"], p["bias"],
+                                ctx.top)
     n, c = shape[:2]
     return _per_row_norm(ctx, node, (n, c, prod(shape[2:]), 1), 1, (c,))
 
@@ -79,8 +83,8 @@ def instance_norm(node, ctx):
 @register("group_norm")
 def group_norm(node, ctx):
     shape = ctx.in_shape()
-    groups = int(node.params["num_groups"])
-    if len(shape) < 2 or shape[1] % groups:
+    groups = integer(node.params["num_groups"], "num_groups")
+    if len(shape) < 2 or groups <= 0 or shape[1] % groups:
         ctx.unsupported(f"group_norm with {groups} groups of {shape}")
     n, c = shape[:2]
     return _per_row_norm(ctx, node, (n, groups, prod(shape[1:]) // groups, 1), 1, (c,))
@@ -89,7 +93,8 @@ def group_norm(node, ctx):
 @register("layer_norm")
 def layer_norm(node, ctx):
     shape = ctx.in_shape()
-    trailing = tuple(int(d) for d in node.params["normalized_shape"])
+    ns = node.params["normalized_shape"]
+    trailing = tuple(integer(d, "normalized_shape") for d in (ns if isinstance(ns, (list, tuple)) else [ns]))
     k = len(trailing)
     if not 0 < k <= len(shape) or tuple(shape[len(shape) - k:]) != trailing:
         ctx.unsupported(f"layer_norm over {trailing} of {shape}")
@@ -103,13 +108,16 @@ def normalize(node, ctx):
     (eps^p + relu(s - eps^p))^(-1/p); the reciprocal norm is spread over the dim by a ones Convolution."""
     p = node.params
     shape = ctx.in_shape()
-    order, eps = float(p["p"]), float(p["eps"])
+    order, eps = number(p["p"], "p"), number(p["eps"], "eps")
     if not (math.isfinite(order) and order > 0):
         ctx.unsupported(f"normalize with p={order:g} (only finite p > 0)")
     floor = eps ** order
     if not floor >= float(np.finfo(np.float32).tiny) or floor > float(np.finfo(np.float32).max):
         ctx.unsupported(f"normalize: eps**p = {floor:g} is not a normal float32 (eps={eps:g}, p={order:g})")
-    dim = p["dim"] if p["dim"] >= 0 else p["dim"] + len(shape)
+    dim = integer(p["dim"], "dim")
+    dim = dim + len(shape) if dim < 0 else dim
+    if not 0 <= dim < len(shape):
+        ctx.unsupported(f"normalize over dim {p['dim']} of {shape}")
     outer, rows, inner = prod(shape[:dim]), shape[dim], prod(shape[dim + 1:])
     column = (outer, rows, inner, 1) if not (len(shape) == 4 and dim == 1) else tuple(shape)
     layers, x = as_view(ctx, ctx.bottom(p["input"]), shape, column)
@@ -146,8 +154,9 @@ def local_response_norm(node, ctx):
     """
     p = node.params
     shape = ctx.in_shape()
-    size, alpha, beta, k = int(p["size"]), float(p["alpha"]), float(p["beta"]), float(p["k"])
-    if len(shape) < 3:
+    size, alpha, beta, k = (integer(p["size"], "size"), number(p["alpha"], "alpha"), number(p["beta"], "beta"),
+                            number(p["k"], "k"))
+    if len(shape) < 3 or size < 1:
         ctx.unsupported(f"local_response_norm of a {len(shape)}-D tensor")
     n, c = shape[:2]
     rest = prod(shape[2:])

@@ -8,7 +8,7 @@ PyTorch as in Caffe) factor exactly: pool the depth of an (N·C, 1, D, H·W) vie
 """
 from __future__ import annotations
 
-from tracecap.mappers.caffe.constructions import as_view, pool_spatial, reshape_layer, round_mode
+from tracecap.mappers.caffe.constructions import as_view, integer, pool_spatial, reshape_layer, round_mode
 from tracecap.mappers.caffe.layers.pool import _caffe_pool_size
 from tracecap.mappers.caffe.registry import register
 
@@ -16,11 +16,11 @@ from tracecap.mappers.caffe.registry import register
 def _triple(ctx, v, what):
     if isinstance(v, (list, tuple)):
         if len(v) == 1:
-            return (int(v[0]),) * 3
+            return (integer(v[0], what),) * 3
         if len(v) == 3:
-            return tuple(int(i) for i in v)
+            return tuple(integer(i, what) for i in v)
         ctx.unsupported(f"{what} {tuple(v)} is not 3-D")
-    return (int(v),) * 3
+    return (integer(v, what),) * 3
 
 
 def _ceil_for(ctx, sizes, kernel, stride, pad, ceil, want):
@@ -42,11 +42,13 @@ def pool3d(node, ctx):
     p = node.params
     method = "AVE" if node.op == "avg_pool3d" else "MAX"
     shape = ctx.in_shape()
-    if len(shape) != 5:
-        ctx.unsupported(f"{node.op} on a {len(shape)}-D tensor (only N×C×D×H×W)")
+    if len(shape) != 5 or len(ctx.out_shape()) != 5:
+        ctx.unsupported(f"{node.op} of {shape} to {ctx.out_shape()} (only N×C×D×H×W)")
     kernel = _triple(ctx, p["kernel_size"], "kernel_size")
     stride = _triple(ctx, p["stride"] if p["stride"] not in (None, (), []) else kernel, "stride")
     pad = _triple(ctx, p["padding"], "padding")
+    if min(kernel + stride) < 1 or min(pad) < 0 or any(2 * q > k for q, k in zip(pad, kernel)):
+        ctx.unsupported(f"{node.op} with kernel {kernel}, stride {stride}, padding {pad}")
     if method == "AVE" and p.get("divisor_override"):
         ctx.unsupported("avg_pool3d(divisor_override=...)")
     if method == "AVE" and any(pad) and not p["count_include_pad"]:

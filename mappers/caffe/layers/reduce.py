@@ -8,7 +8,7 @@ shape, ``keepdim`` or not. Minima are maxima of the negated input (Power scale -
 from __future__ import annotations
 
 from tracecap.graph import Blob
-from tracecap.mappers.caffe.constructions import (as_view, pool_rows, power_layer, reshape_layer, split_at_run,
+from tracecap.mappers.caffe.constructions import (as_view, integer, pool_rows, power_layer, reshape_layer, split_at_run,
                                                   spread_rows, sum_rows)
 from tracecap.mappers.caffe.registry import norm_axis, register
 
@@ -99,9 +99,8 @@ def reduction(node, ctx):
 
 def _elementwise(node, ctx, a, b):
     """torch.max(a, b) is Eltwise MAX; torch.min(a, b) = -max(-a, -b) (Caffe's Eltwise has no MIN)."""
-    if not (a.shape == b.shape and not a.is_constant and not b.is_constant):
-        ctx.unsupported(f"elementwise {node.op} of {tuple(a.shape)} and {tuple(b.shape)} (only two activations "
-                        f"of the same shape)")
+    if not (isinstance(a, Blob) and a.shape == b.shape and not a.is_constant and not b.is_constant):
+        ctx.unsupported(f"elementwise {node.op} of {a!r} and {b!r} (only two activations of the same shape)")
     if node.op == "max":
         return [ctx.layer("Eltwise", [ctx.bottom(a), ctx.bottom(b)], params={"operation": "MAX"})]
     na, nb, m = ctx.tmp("negated"), ctx.tmp("negated"), ctx.tmp("max")
@@ -145,10 +144,15 @@ def logsumexp(node, ctx):
 def stack(node, ctx):
     """torch.stack: a Concat on the stacked axis and one Reshape (the memory order is the same); stacking
     behind the last axis gives each input a trailing axis of 1 first."""
-    tensors = list(node.params["tensors"])
+    tensors = node.params["tensors"]
+    if not isinstance(tensors, (list, tuple)) or not tensors or not all(isinstance(t, Blob) for t in tensors):
+        ctx.unsupported("stack of something other than a list of tensors")
+    tensors = list(tensors)
     shape = tuple(tensors[0].shape)
     ndim = len(shape)
-    dim = norm_axis(node.params["dim"], ndim + 1)
+    dim = norm_axis(integer(node.params["dim"], "dim"), ndim + 1)
+    if not 0 <= dim <= ndim or any(tuple(t.shape) != shape for t in tensors):
+        ctx.unsupported(f"stack at dim {node.params['dim']} of {len(tensors)} tensors of {shape}")
     bottoms = [ctx.bottom(t) for t in tensors]
     if len(bottoms) == 1:
         return [reshape_layer(ctx, bottoms[0], ctx.out_shape(), top=ctx.top)]
