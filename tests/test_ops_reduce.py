@@ -75,11 +75,13 @@ CASES = [
     case("stack_dim2_sum", lambda x: torch.stack([x, 2 * x], 2).sum(2), (X3,), {"Concat", "Convolution"}),
     case("logsumexp_channels", lambda x: torch.logsumexp(x * 30, 1), (X4,), {"Exp", "Log"}),
     case("logsumexp_last_keepdim", lambda x: x.logsumexp(-1, keepdim=True), (X3,), {"Exp", "Log"}),
+    case("logsumexp_4d_last", lambda x: torch.logsumexp(x, 3), (X4,), {"Exp", "Log"}),
+    case("logsumexp_4d_spatial", lambda x: torch.logsumexp(x * 10, (2, 3), keepdim=True), (X4,), {"Exp", "Log"}),
 ]
 
 REFUSALS = [
-    Refusal("max_dim_indices_used", lambda x: torch.max(x, 1)[1].float(), (X4,), "indices of max"),
-    Refusal("min_dim_indices_used", lambda x: x.min(1).indices + 0, (X4,), "indices of min"),
+    Refusal("max_dim_indices_used", lambda x: torch.max(x, 1)[1], (X4,), "indices of max"),
+    Refusal("min_dim_values_and_indices", lambda x: tuple(x.min(1)), (X4,), "indices of min"),
     Refusal("sum_dtype_double", lambda x: x.sum(1, dtype=torch.float64), (X4,), "float32 only"),
     Refusal("logsumexp_nonadjacent", lambda x: torch.logsumexp(x, (1, 3)), (X4,), "non-adjacent"),
 ]

@@ -305,12 +305,17 @@ def sum_rows(ctx, bottom, shape, start, stop, top, actual=None):
 
 
 def spread_rows(ctx, bottom, shape, outer, rows, inner, top):
-    """``bottom`` (``shape``, outer·inner values) repeated ``rows`` times as (outer, rows, inner, 1): a 1×1
-    Convolution from one channel to ``rows`` channels with weights 1 (each output is one product by 1)."""
-    layers, x = as_view(ctx, bottom, shape, (outer, 1, inner, 1), "as_column")
+    """``bottom`` (``shape``, outer·inner values) repeated ``rows`` times on a new second axis: a 1×1
+    Convolution from one channel to ``rows`` channels with weights 1 (each output is one product by 1).
+    A 4-D (outer, 1, h, w) blob spreads as it is, to (outer, rows, h, w); anything else is viewed as
+    (outer, 1, inner, 1) and spreads to (outer, rows, inner, 1). Returns (layers, shape of ``top``)."""
+    shape = tuple(shape)
+    view = shape if len(shape) == 4 and shape[:2] == (outer, 1) else (outer, 1, inner, 1)
+    layers, x = as_view(ctx, bottom, shape, view, "as_column")
     params = {"num_output": rows, "bias_term": False, "kernel_size": [1]}
-    return layers + [ctx.layer("Convolution", [x], [top], name=top, params=params,
-                               blobs=[np.ones((rows, 1, 1, 1), np.float32)])]
+    layers.append(ctx.layer("Convolution", [x], [top], name=top, params=params,
+                            blobs=[np.ones((rows, 1, 1, 1), np.float32)]))
+    return layers, (outer, rows) + view[2:]
 
 
 def scale_rows(ctx, bottom, view, factors, top):
@@ -322,7 +327,8 @@ def scale_rows(ctx, bottom, view, factors, top):
 
 
 def normalize_rows(ctx, bottom, view, eps, top):
-    """(x - mean) / sqrt(var + eps) of each (a, b) row of an (A, B, K, 1) view, var biased (as PyTorch).
+    """(x - mean) / sqrt(var + eps) of each (a, b) row of an (A, B, K, 1) view (or (A, B, H, W), K = H×W),
+    var biased (as PyTorch).
 
     Not MVN with its variance: Caffe computes x / (sqrt(var) + eps), OpenCV x / sqrt(var + eps) (measured).
     MVN without variance (centring, exact in both), then Power 2, AVE pooling over K, Power(var + eps, -1/2)

@@ -45,7 +45,8 @@ def batch_norm(node, ctx):
 
 
 def _per_row_norm(ctx, node, view, weight_axis, weight_shape):
-    """Normalize the rows of ``view`` (A, B, K, 1), back to the input's shape, then the affine Scale."""
+    """Normalize the rows of ``view`` ((A, B, K, 1), or (A, B, H, W) with K = H×W), back to the input's
+    shape, then the affine Scale."""
     p = node.params
     shape = ctx.in_shape()
     layers, x = as_view(ctx, ctx.bottom(p["input"]), shape, view)
@@ -77,7 +78,8 @@ def instance_norm(node, ctx):
                                 ctx.array(p["running_var"]), number(p["eps"], "eps"), p["weight"], p["bias"],
                                 ctx.top)
     n, c = shape[:2]
-    return _per_row_norm(ctx, node, (n, c, prod(shape[2:]), 1), 1, (c,))
+    view = tuple(shape) if len(shape) == 4 else (n, c, prod(shape[2:]), 1)   # MVN and pooling take N×C×H×W
+    return _per_row_norm(ctx, node, view, 1, (c,))
 
 
 @register("group_norm")
@@ -99,7 +101,8 @@ def layer_norm(node, ctx):
     if not 0 < k <= len(shape) or tuple(shape[len(shape) - k:]) != trailing:
         ctx.unsupported(f"layer_norm over {trailing} of {shape}")
     outer = prod(shape[:len(shape) - k])
-    return _per_row_norm(ctx, node, (outer, 1, prod(trailing), 1), len(shape) - k, trailing)
+    view = tuple(shape) if len(shape) == 4 and k == 2 else (outer, 1, prod(trailing), 1)   # rows N×C, K = H×W
+    return _per_row_norm(ctx, node, view, len(shape) - k, trailing)
 
 
 @register("normalize")
@@ -132,8 +135,9 @@ def normalize(node, ctx):
     layers += new
     layers += [power_layer(ctx, total, shift=-floor, top=shifted), ctx.layer("ReLU", [shifted], [clipped]),
                power_layer(ctx, clipped, shift=floor, power=-1.0 / order, top=inv)]
-    layers += spread_rows(ctx, inv, total_shape, outer, rows, inner, spread)
-    new, spread_view = as_view(ctx, spread, (outer, rows, inner, 1), column, "spread_view")
+    new, spread_shape = spread_rows(ctx, inv, total_shape, outer, rows, inner, spread)
+    layers += new
+    new, spread_view = as_view(ctx, spread, spread_shape, column, "spread_view")
     layers += new
     out = ctx.tmp("normalized") if column != tuple(shape) else ctx.top
     layers.append(ctx.layer("Eltwise", [x, spread_view], [out], params={"operation": "PROD"}))

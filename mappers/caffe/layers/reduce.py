@@ -125,10 +125,14 @@ def logsumexp(node, ctx):
     column = (outer, rows, inner, 1)
     peak, spread, shifted, exps, total, logs = (ctx.tmp(w) for w in ("max", "spread", "shifted", "exp", "sum", "log"))
     layers, peak_shape = pool_rows(ctx, x, shape, start, stop, "MAX", peak)
-    layers += spread_rows(ctx, peak, peak_shape, outer, rows, inner, spread)
+    new, spread_shape = spread_rows(ctx, peak, peak_shape, outer, rows, inner, spread)
+    layers += new
+    new, spread_col = as_view(ctx, spread, spread_shape, column, "spread_column")
+    layers += new
     new, x4 = as_view(ctx, x, shape, column)
     layers += new
-    layers.append(ctx.layer("Eltwise", [x4, spread], [shifted], params={"operation": "SUM", "coeff": [1.0, -1.0]}))
+    layers.append(ctx.layer("Eltwise", [x4, spread_col], [shifted],
+                            params={"operation": "SUM", "coeff": [1.0, -1.0]}))
     layers.append(ctx.layer("Exp", [shifted], [exps]))
     new, _ = sum_rows(ctx, exps, column, 1, 2, total)
     layers += new
