@@ -9,6 +9,8 @@ its op and params (``tracecap.ops.reference``).
 """
 from __future__ import annotations
 
+import torch
+
 from tracecap.graph import Blob
 from tracecap.ops import CAST_OPS, DROPOUT_OPS, EXPAND_OPS, IDENTITY_OPS, RESHAPE_OPS
 
@@ -123,7 +125,74 @@ def _pair(v):
     return int(v), int(v)
 
 
-DEFAULT_PASSES = (drop_identities, eliminate_dead_code, fold_pad_into_conv)
+_COMPARISONS = {"gt": False, "ge": False, "lt": True, "le": True}   # op -> does the true branch take x < s?
+
+
+def _scalar(v):
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, Blob) and v.is_constant and v.value is not None and v.value.numel() == 1:
+        return float(v.value.reshape(()).item())
+    return None
+
+
+def _where_parts(node):
+    """(x, s, branch taken where x > s, branch taken where x < s) of ``where(x <cmp> s, a, b)``, or None."""
+    args = node.params.get("args", [])
+    if len(args) != 3 or node.params.get("kwargs"):
+        return None
+    cond, a, b = args
+    if isinstance(a, Blob) and a.dtype == torch.bool:   # x.where(cond, other) is where(cond, x, other)
+        cond, a = a, cond
+    cmp = cond.producer if isinstance(cond, Blob) else None
+    if cmp is None or cmp.op not in _COMPARISONS or len(cmp.params.get("args", [])) != 2:
+        return None
+    x, s = cmp.params["args"][0], _scalar(cmp.params["args"][1])
+    if not isinstance(x, Blob) or x.is_constant or s is None or tuple(x.shape) != tuple(node.tops[0].shape):
+        return None
+    above, below = (b, a) if _COMPARISONS[cmp.op] else (a, b)
+    return x, s, above, below
+
+
+def _slope_of(branch, x):
+    """c when ``branch`` is x * c (or c * x, or x itself: 1), else None."""
+    if branch is x:
+        return 1.0
+    prod = branch.producer if isinstance(branch, Blob) else None
+    if prod is None or prod.op != "mul":
+        return None
+    a, b = prod.params["input"], prod.params["other"]
+    return _scalar(b) if a is x else _scalar(a) if b is x else None
+
+
+def fold_compare_select(graph):
+    """``torch.where(x > s, x, ...)`` forms that are activations become them: where(x > 0, x, c * x) is
+    leaky_relu(x, c), where(x > s, x, s) is clamp(x, min=s) and where(x < s, x, s) clamp(x, max=s)
+    (equal at x == s, so > and >= agree). Other selections stay (and are refused by the mappers)."""
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "where":
+            continue
+        parts = _where_parts(node)
+        if parts is None:
+            continue
+        x, s, above, below = parts
+        if above is x and s == 0.0 and _slope_of(below, x) is not None:
+            new = ("leaky_relu", {"input": x, "negative_slope": _slope_of(below, x), "inplace": False})
+        elif above is x and _scalar(below) == s:
+            new = ("clamp", {"input": x, "min": s, "max": None})
+        elif below is x and _scalar(above) == s:
+            new = ("clamp", {"input": x, "min": None, "max": s})
+        else:
+            continue
+        node.op, node.params = new
+        node.target, node.args, node.kwargs = None, (), {}
+        node.meta["folded_where"] = True
+        changed = True
+    return changed
+
+
+DEFAULT_PASSES = (drop_identities, fold_compare_select, eliminate_dead_code, fold_pad_into_conv)
 
 
 def cleanup(graph):

@@ -11,6 +11,7 @@ from tracecap.mappers.caffe import layers as _layers  # noqa: F401  (registers t
 from tracecap.mappers.caffe import netspec, writer
 from tracecap.mappers.caffe.proto import DIALECTS
 from tracecap.mappers.caffe.registry import MAPPERS, Context, Unsupported, caffe_name
+from tracecap.mappers.caffe.runtime_quirks import keep_powers_apart
 
 __all__ = ["to_net", "to_layers", "save", "supported_ops", "graph_blobs_of", "caffe_name", "DIALECTS"]
 
@@ -53,12 +54,15 @@ def to_layers(graph, dialect="bvlc"):
         raise UnsupportedOpError(
             f"{len(problems)} op(s) cannot be converted to Caffe ({dialect} dialect):\n  - " + "\n  - ".join(problems),
             problems, refusals)
-    return layers
+    return keep_powers_apart(layers)
 
 
 def _check_tops_written(node, layers):
+    """Every top that something reads (or that is a graph output) must be written; an unread one
+    (the indices of ``x.max(1)[0]``) need not be."""
     written = {t for layer in layers for t in layer.tops}
-    missing = [caffe_name(t) for t in node.tops if caffe_name(t) not in written]
+    missing = [caffe_name(t) for t in node.tops
+               if caffe_name(t) not in written and (t.users or t in node.graph.outputs)]
     if missing:
         raise MappingError(f"internal: the {node.op} mapper wrote no layer for top(s) {', '.join(missing)}")
 

@@ -81,7 +81,10 @@ class Context:
         return tuple(self.node.tops[k].shape)
 
     def in_shape(self):
-        return tuple(self.node.params["input"].shape)
+        x = self.node.params.get("input")
+        if not isinstance(x, Blob) or x.shape is None:
+            raise Unsupported(f"expected a tensor input, got {type(x).__name__}")
+        return tuple(x.shape)
 
     def has_layer(self, layer_type):
         return layer_type in layer_types(self.dialect)

@@ -18,6 +18,15 @@ def _dim_list(v):
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
+def _max_min(fn, p):
+    """torch.max/min in their three forms: over a dim (values, indices), of two tensors, of everything."""
+    if p["dim"] is None:
+        return fn(p["input"])
+    if isinstance(p["dim"], torch.Tensor):
+        return fn(p["input"], p["dim"])
+    return fn(p["input"], p["dim"], p["keepdim"])
+
+
 IMPL = {
     "conv1d": lambda p: F.conv1d(p["input"], p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]),
     "conv2d": lambda p: F.conv2d(p["input"], p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]),
@@ -27,6 +36,11 @@ IMPL = {
     "batch_norm": lambda p: F.batch_norm(p["input"], p["running_mean"], p["running_var"], p["weight"], p["bias"],
                                          False, 0.0, p["eps"]),
     "layer_norm": lambda p: F.layer_norm(p["input"], p["normalized_shape"], p["weight"], p["bias"], p["eps"]),
+    "instance_norm": lambda p: F.instance_norm(p["input"], p["running_mean"], p["running_var"], p["weight"],
+                                               p["bias"], p["use_input_stats"], 0.0, p["eps"]),
+    "group_norm": lambda p: F.group_norm(p["input"], p["num_groups"], p["weight"], p["bias"], p["eps"]),
+    "local_response_norm": lambda p: F.local_response_norm(p["input"], p["size"], p["alpha"], p["beta"], p["k"]),
+    "normalize": lambda p: F.normalize(p["input"], p["p"], p["dim"], p["eps"]),
     "relu": lambda p: F.relu(p["input"]),
     "relu6": lambda p: F.relu6(p["input"]),
     "leaky_relu": lambda p: F.leaky_relu(p["input"], p["negative_slope"]),
@@ -41,15 +55,29 @@ IMPL = {
     "gelu": lambda p: F.gelu(p["input"], approximate=p["approximate"]),
     "exp": lambda p: torch.exp(p["input"]),
     "log": lambda p: torch.log(p["input"]),
+    "log2": lambda p: torch.log2(p["input"]),
+    "log10": lambda p: torch.log10(p["input"]),
     "sqrt": lambda p: torch.sqrt(p["input"]),
     "abs": lambda p: torch.abs(p["input"]),
     "neg": lambda p: torch.neg(p["input"]),
+    "rsqrt": lambda p: torch.rsqrt(p["input"]),
+    "reciprocal": lambda p: torch.reciprocal(p["input"]),
+    "square": lambda p: torch.square(p["input"]),
+    "erf": lambda p: torch.erf(p["input"]),
+    "softplus": lambda p: F.softplus(p["input"], p["beta"], p["threshold"]),
+    "mish": lambda p: F.mish(p["input"]),
+    "log_sigmoid": lambda p: F.logsigmoid(p["input"]),
+    "threshold": lambda p: F.threshold(p["input"], p["threshold"], p["value"]),
     "softmax": lambda p: F.softmax(p["input"], p["dim"]),
     "log_softmax": lambda p: F.log_softmax(p["input"], p["dim"]),
     "max_pool2d": lambda p: F.max_pool2d(p["input"], p["kernel_size"], p["stride"], p["padding"], p["dilation"],
                                          p["ceil_mode"]),
     "avg_pool2d": lambda p: F.avg_pool2d(p["input"], p["kernel_size"], p["stride"], p["padding"], p["ceil_mode"],
                                          p["count_include_pad"], p["divisor_override"]),
+    "avg_pool3d": lambda p: F.avg_pool3d(p["input"], p["kernel_size"], p["stride"], p["padding"], p["ceil_mode"],
+                                         p["count_include_pad"], p["divisor_override"]),
+    "max_pool3d": lambda p: F.max_pool3d(p["input"], p["kernel_size"], p["stride"], p["padding"], p["dilation"],
+                                         p["ceil_mode"]),
     "adaptive_avg_pool2d": lambda p: F.adaptive_avg_pool2d(p["input"], p["output_size"]),
     "adaptive_max_pool2d": lambda p: F.adaptive_max_pool2d(p["input"], p["output_size"]),
     "dropout": lambda p: p["input"],
@@ -80,7 +108,11 @@ IMPL = {
     else torch.mean(p["input"]),
     "sum": lambda p: torch.sum(p["input"], dim=_dim_list(p["dim"]), keepdim=p["keepdim"]) if p["dim"] is not None
     else torch.sum(p["input"]),
-    "max": lambda p: torch.max(p["input"], p["dim"], p["keepdim"]) if p["dim"] is not None else torch.max(p["input"]),
+    "max": lambda p: _max_min(torch.max, p),
+    "min": lambda p: _max_min(torch.min, p),
+    "amax": lambda p: torch.amax(p["input"], _dim_list(p["dim"]), p["keepdim"]),
+    "amin": lambda p: torch.amin(p["input"], _dim_list(p["dim"]), p["keepdim"]),
+    "logsumexp": lambda p: torch.logsumexp(p["input"], _dim_list(p["dim"]), p["keepdim"]),
     "interpolate": lambda p: F.interpolate(p["input"], p["size"], p["scale_factor"], p["mode"], p["align_corners"]),
     "pixel_shuffle": lambda p: F.pixel_shuffle(p["input"], p["upscale_factor"]),
     "pad": lambda p: F.pad(p["input"], p["pad"], p["mode"], p["value"]),

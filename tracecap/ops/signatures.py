@@ -42,16 +42,25 @@ _SIGNATURES = {
     "softplus": "input, beta=1.0, threshold=20.0",
     "exp": "input",
     "log": "input",
+    "log2": "input",
+    "log10": "input",
     "sqrt": "input",
     "rsqrt": "input",
     "abs": "input",
     "neg": "input",
+    "square": "input",
+    "reciprocal": "input",
+    "erf": "input",
+    "log_sigmoid": "input",
+    "threshold": "input, threshold, value, inplace=False",
     "softmax": "input, dim=None, _stacklevel=3, dtype=None",
     "log_softmax": "input, dim=None, _stacklevel=3, dtype=None",
     "max_pool1d": "input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False",
     "max_pool2d": "input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False",
     "avg_pool1d": "input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True",
     "avg_pool2d": "input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None",
+    "avg_pool3d": "input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None",
+    "max_pool3d": "input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False",
     "adaptive_avg_pool1d": "input, output_size",
     "adaptive_avg_pool2d": "input, output_size",
     "adaptive_max_pool2d": "input, output_size, return_indices=False",
@@ -96,6 +105,8 @@ _SIGNATURES = {
     "mean": "input, dim=None, keepdim=False, dtype=None",
     "sum": "input, dim=None, keepdim=False, dtype=None",
     "amax": "input, dim=(), keepdim=False",
+    "amin": "input, dim=(), keepdim=False",
+    "logsumexp": "input, dim, keepdim=False",
     "max": "input, dim=None, keepdim=False",
     "min": "input, dim=None, keepdim=False",
     "interpolate": "input, size=None, scale_factor=None, mode='nearest', align_corners=None, "
@@ -175,6 +186,8 @@ def normalize(op, swap, params, input_ndim=None):
     """Fix spellings that differ only in form: swapped operands, implicit softmax dim."""
     if swap and "other" in params:
         params["input"], params["other"] = params["other"], params["input"]
+    elif swap and "exponent" in params:   # x.__rpow__(b) is b ** x
+        params["input"], params["exponent"] = params["exponent"], params["input"]
     if op in ("softmax", "log_softmax") and params.get("dim") is None and input_ndim is not None:
         params["dim"] = 0 if input_ndim in (0, 1, 3) else 1  # torch's legacy implicit-dim rule
         params["implicit_dim"] = True

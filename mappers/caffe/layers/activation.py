@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from tracecap.graph import Blob
-from tracecap.mappers.caffe.constructions import clip, power_layer
+from tracecap.mappers.caffe.constructions import clip, number, power_layer
 from tracecap.mappers.caffe.registry import norm_axis, register
 
 
@@ -105,3 +105,80 @@ def dropout(node, ctx):
     """Eval-mode dropout never reaches the mapper (passes remove it); training-mode dropout is random."""
     ctx.unsupported("dropout with training=True is random at inference; call model.eval() (or pass "
                     "training=self.training) before capturing")
+
+
+def softplus_exact_above(beta, threshold):
+    """Whether log(1 + exp(beta·x)) / beta rounds to x in float32 wherever PyTorch switches to the identity
+    (beta·x > threshold): the gap there, log1p(exp(-threshold)) / beta, is largest at the switch and
+    must stay below half a unit in the last place of x = threshold / beta."""
+    if not (beta > 0 and math.isfinite(threshold)):
+        return False
+    x0 = np.float32(threshold / beta)
+    if x0 <= 0:
+        return False
+    gap = math.log1p(math.exp(-threshold)) / beta
+    return gap <= 0.5 * float(np.spacing(x0))
+
+
+@register("softplus")
+def softplus(node, ctx):
+    """BNLL is log(1 + exp(x)); beta scales around it. PyTorch's switch to the identity above
+    ``threshold`` is only taken where it makes no float32 difference (the default 20 is)."""
+    beta, threshold = number(node.params["beta"], "beta"), number(node.params["threshold"], "threshold")
+    if not softplus_exact_above(beta, threshold):
+        ctx.unsupported(f"softplus(beta={beta:g}, threshold={threshold:g}): above the threshold PyTorch returns x, "
+                        f"log(1 + exp(beta*x))/beta differs from it by up to "
+                        f"{math.log1p(math.exp(-threshold)) / beta:.3g} there (visible in float32)"
+                        if beta > 0 else f"softplus with beta={beta:g} <= 0")
+    x = ctx.bottom(node.params["input"])
+    if beta == 1.0:
+        return [ctx.layer("BNLL", [x])]
+    scaled, bnll = ctx.tmp("scaled"), ctx.tmp("bnll")
+    return [power_layer(ctx, x, scale=beta, top=scaled), ctx.layer("BNLL", [scaled], [bnll]),
+            power_layer(ctx, bnll, scale=1.0 / beta)]
+
+
+@register("mish")
+def mish(node, ctx):
+    """x * tanh(softplus(x)): BNLL, TanH, Eltwise PROD."""
+    x = ctx.bottom(node.params["input"])
+    bnll, tanh_ = ctx.tmp("softplus"), ctx.tmp("tanh")
+    return [ctx.layer("BNLL", [x], [bnll]), ctx.layer("TanH", [bnll], [tanh_]),
+            ctx.layer("Eltwise", [x, tanh_], params={"operation": "PROD"})]
+
+
+@register("log_sigmoid")
+def log_sigmoid(node, ctx):
+    """log(sigmoid(x)) = -softplus(-x): no underflow to log(0) for very negative x, unlike Sigmoid + Log."""
+    x = ctx.bottom(node.params["input"])
+    flipped, bnll = ctx.tmp("negated"), ctx.tmp("softplus")
+    return [power_layer(ctx, x, scale=-1.0, top=flipped), ctx.layer("BNLL", [flipped], [bnll]),
+            power_layer(ctx, bnll, scale=-1.0)]
+
+
+@register("gelu")
+def gelu(node, ctx):
+    """approximate='tanh': 0.5·x·(1 + tanh(sqrt(2/pi)·(x + 0.044715·x³))), term by term (7 layers).
+    The exact (erf) form has no Caffe construction."""
+    if node.params["approximate"] != "tanh":
+        ctx.unsupported("gelu(approximate='none') needs erf, which has no exact construction from Caffe layers; "
+                        "GELU(approximate='tanh') converts exactly")
+    x = ctx.bottom(node.params["input"])
+    cube, inner, scaled, tanh_, half = (ctx.tmp(w) for w in ("cube", "inner", "scaled", "tanh", "half"))
+    return [power_layer(ctx, x, power=3.0, top=cube),
+            ctx.layer("Eltwise", [x, cube], [inner], params={"operation": "SUM", "coeff": [1.0, 0.044715]}),
+            power_layer(ctx, inner, scale=math.sqrt(2.0 / math.pi), top=scaled),
+            ctx.layer("TanH", [scaled], [tanh_]),
+            power_layer(ctx, tanh_, scale=0.5, shift=0.5, top=half),
+            ctx.layer("Eltwise", [x, half], params={"operation": "PROD"})]
+
+
+@register("threshold")
+def threshold(node, ctx):
+    """y = x if x > threshold else value. With value == threshold it is max(x, threshold) (a clamp);
+    any other value makes a jump at the threshold, which no layer both runtimes run reproduces."""
+    th, value = number(node.params["threshold"], "threshold"), number(node.params["value"], "value")
+    if value != th:
+        ctx.unsupported(f"threshold({th:g}, {value:g}): the jump from {value:g} to x at {th:g} needs a step "
+                        f"function; Caffe's Threshold layer (a 0/1 step) is not in OpenCV")
+    return clip(ctx, ctx.bottom(node.params["input"]), th, math.inf)
