@@ -352,7 +352,9 @@ def affine(ctx, bottom, axis, weight, bias, shape, top):
         return a.reshape(shape)
     w = as_shape(weight) if weight is not None else np.ones(shape, np.float32)
     blobs = [w] + ([as_shape(bias)] if bias is not None else [])
-    params = {"axis": axis, "num_axes": len(shape), "bias_term": bias is not None}
+    params = {"bias_term": bias is not None}
+    if (axis, len(shape)) != (1, 1):  # Scale's defaults: keep the common per-channel layer lean
+        params.update(axis=axis, num_axes=len(shape))
     return [ctx.layer("Scale", [bottom], [top], name=top, params=params, blobs=blobs)]
 
 
