@@ -80,6 +80,8 @@ CASES = [
     case("circular", lambda x: F.pad(x, (2, 1, 1, 3), mode="circular"), (X,), {"Concat"}),
     case("circular_full_width", lambda x: F.pad(x, (9, 0, 0, 0), mode="circular"), (X,), {"Concat"}),
     case("circular_1d", lambda x: F.pad(x, (4, 3), mode="circular"), (L3,), {"Concat"}),
+    case("circular_crop_then_wrap", lambda x: F.pad(x, (2, -1, -2, 1), mode="circular"), (X,), {"Concat"}),
+    case("reflect_crop_other_side", lambda x: F.pad(x, (-2, 3, 1, -1), mode="reflect"), (X,), {"Concat"}),
 ]
 
 
@@ -91,6 +93,7 @@ def test_pad_on_runtime(c, runtime, tmp_path):
 REFUSALS = [
     Refusal("constant_pad_batch_axis", lambda x: F.pad(x, (0, 0, 0, 0, 0, 0, 1, 0)), (X,),
             r"constant pad of axis 0 of a 4-D tensor.*batch axis cannot"),
+    Refusal("constant_crop_to_nothing", lambda x: F.pad(x, (0, 0, -1, 1)), (ROW,), r"crops axis 2 of size 1 to nothing"),
     Refusal("constant_pad_5d_channels", lambda x: F.pad(x, (0, 0, 0, 0, 0, 0, 1, 1)), (V5,),
             r"constant pad of axis 1 of a 5-D tensor"),
 ]

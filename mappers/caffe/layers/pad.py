@@ -23,17 +23,20 @@ def _sides(ctx, shape, pads):
 
 
 def _source_index(mode, size, before, after):
-    """For each output position along one axis, the input position it copies (torch's rule per mode)."""
+    """For each output position along one axis, the input position it copies. torch crops the negative
+    amounts first and pads what is left (circular wraps around the cropped part)."""
+    lo, hi = max(0, -before), size - max(0, -after)
+    kept, before, after = hi - lo, max(before, 0), max(after, 0)
     out = []
-    for i in range(size + before + after):
+    for i in range(kept + before + after):
         k = i - before
         if mode == "reflect":
-            k = -k if k < 0 else (2 * (size - 1) - k if k >= size else k)
+            k = -k if k < 0 else (2 * (kept - 1) - k if k >= kept else k)
         elif mode == "replicate":
-            k = min(max(k, 0), size - 1)
+            k = min(max(k, 0), kept - 1)
         else:  # circular
-            k %= size
-        out.append(k)
+            k %= kept
+        out.append(lo + k)
     return out
 
 
@@ -44,18 +47,29 @@ def pad(node, ctx):
     mode = p["mode"]
     sides = _sides(ctx, shape, [int(v) for v in p["pad"]])
     x = ctx.bottom(p["input"])
+    if 0 in ctx.out_shape():
+        ctx.unsupported(f"pad to the empty shape {ctx.out_shape()}")
     if not sides:
         return [reshape_layer(ctx, x, shape, top=ctx.top)]
     if mode == "constant":
         return _constant_pad(ctx, x, shape, sides, float(p["value"] or 0.0))
     if mode not in ("reflect", "replicate", "circular"):
         ctx.unsupported(f"pad mode {mode!r}")
-    layers, cur = [], x
-    axes = sorted(sides, reverse=True)
-    for n, axis in enumerate(axes):
-        index = _source_index(mode, shape[axis], *sides[axis])
+    gathers = {}
+    for axis, (before, after) in sides.items():
+        if shape[axis] - max(0, -before) - max(0, -after) < 1:
+            ctx.unsupported(f"{mode} pad {(before, after)} crops an axis of size {shape[axis]} to nothing")
+        index = _source_index(mode, shape[axis], before, after)
         if any(not 0 <= k < shape[axis] for k in index):
-            ctx.unsupported(f"{mode} pad {sides[axis]} of an axis of size {shape[axis]}")
+            ctx.unsupported(f"{mode} pad {(before, after)} of an axis of size {shape[axis]}")
+        if index != list(range(shape[axis])):
+            gathers[axis] = index
+    if not gathers:
+        return [reshape_layer(ctx, x, shape, top=ctx.top)]
+    layers, cur = [], x
+    axes = sorted(gathers, reverse=True)
+    for n, axis in enumerate(axes):
+        index = gathers[axis]
         out = ctx.top if n == len(axes) - 1 else ctx.tmp(f"pad{axis}")
         layers += gather_slices(ctx, cur, shape, axis, index, out)
         cur, shape = out, shape[:axis] + (len(index),) + shape[axis + 1:]
@@ -66,6 +80,9 @@ def _constant_pad(ctx, x, shape, sides, value):
     """Crop the negative amounts, pad the positive ones with zeros, then add ``value`` on the border."""
     layers, out_shape = [], ctx.out_shape()
     cuts = [(axis, max(0, -a), shape[axis] - max(0, -b)) for axis, (a, b) in sides.items() if min(a, b) < 0]
+    for axis, lo, hi in cuts:
+        if hi <= lo:
+            ctx.unsupported(f"constant pad {sides[axis]} crops axis {axis} of size {shape[axis]} to nothing")
     grow = {axis: (max(a, 0), max(b, 0)) for axis, (a, b) in sides.items() if max(a, b) > 0}
     if cuts:
         cropped = ctx.top if not grow else ctx.tmp("crop")

@@ -94,6 +94,8 @@ def interpolate(node, ctx):
     if len(shape) not in (3, 4, 5):
         ctx.unsupported(f"interpolate of a {len(shape)}-D tensor")
     x = ctx.bottom(p["input"])
+    if 0 in out:
+        ctx.unsupported(f"interpolate to the empty shape {out}")
     mats = axis_matrices(p, shape, out)
     if not _separable(p, shape, out, mats):
         ctx.unsupported(f"interpolate(mode={p['mode']!r}) here is not a product of one matrix per axis")
