@@ -161,7 +161,7 @@ class Unconvertible(nn.Module):
     def forward(self, x):
         y = self.up(x)
         y = torch.erf(y)                                         # no Caffe layer
-        return F.interpolate(y, scale_factor=2, mode="bilinear")  # not exact in Caffe
+        return F.pad(y, (0, 0, 0, 0, 0, 0, 1, 0))                # pads the batch axis: no Caffe construction
 
 
 def test_unsupported_ops_are_all_reported_with_locations(tmp_path):
@@ -171,7 +171,7 @@ def test_unsupported_ops_are_all_reported_with_locations(tmp_path):
     msg = str(info.value)
     assert "3 op(s) cannot be converted" in msg
     assert "op `conv_transpose2d` (node up) in module `up` (ConvTranspose2d)" in msg and "output_padding" in msg
-    assert "no Caffe mapping for `erf`" in msg and "bilinear" in msg
+    assert "no Caffe mapping for `erf`" in msg and "the batch axis cannot" in msg
     assert msg.count("test_caffe_ops.py:") == 3
     assert len(info.value.problems) == 3
     assert not list(tmp_path.iterdir()), "nothing may be written when conversion fails"
@@ -192,8 +192,8 @@ def test_matmul_of_two_activations_is_refused():
 
 
 def test_pad_that_cannot_fold_is_refused():
-    graph, _ = capture(Lambda(lambda x: F.pad(x, (0, 1, 0, 1)).sigmoid()), X)
-    with pytest.raises(tracecap.UnsupportedOpError, match=r"pad \(0, 1, 0, 1\) \(constant\): Caffe has no padding"):
+    graph, _ = capture(Lambda(lambda x: F.pad(x, (0, 0, 0, 0, 0, 0, 1, 0)).sigmoid()), X)
+    with pytest.raises(tracecap.UnsupportedOpError, match=r"constant pad of axis 0 of a 4-D tensor"):
         caffe.to_net(graph, "opencv")
 
 

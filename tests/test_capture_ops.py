@@ -93,6 +93,13 @@ CASES = [
     ("multi_output", lambda x: x.max(1), (X,), ["max"], {}),
     ("hardswish_silu", lambda x: F.hardswish(x) + F.silu(x), (X,), ["hardswish", "silu", "add"], {}),
     ("stack", lambda x: torch.stack([x, x + 1], 1), (X,), ["add", "stack"], {}),
+    ("interpolate_recompute", lambda x: F.interpolate(x, scale_factor=1.7, mode="bilinear", recompute_scale_factor=True),
+     (X,), ["interpolate"], {"interpolate": {"recompute_scale_factor": True}}),
+    ("max_pool_indices_unpool", lambda x: F.max_unpool2d(*F.max_pool2d(x[:, :, :8, :8], 2, return_indices=True), 2),
+     (X,), ["getitem", "max_pool2d", "max_unpool2d"], {"max_pool2d": {"return_indices": True},
+                                                      "max_unpool2d": {"kernel_size": 2, "output_size": None}}),
+    ("adaptive_max_indices", lambda x: F.adaptive_max_pool2d(x, 3, return_indices=True), (X,),
+     ["adaptive_max_pool2d"], {"adaptive_max_pool2d": {"return_indices": True}}),
 ]
 
 

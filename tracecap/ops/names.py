@@ -26,6 +26,7 @@ _ALIASES = {
     "concat": ("cat", False), "concatenate": ("cat", False), "clip": ("clamp", False),
     "data": ("alias", False), "T": ("t", False), "swapaxes": ("transpose", False), "swapdims": ("transpose", False),
     "max_pool2d_with_indices": ("max_pool2d", False), "_max_pool2d": ("max_pool2d", False),
+    "adaptive_max_pool2d_with_indices": ("adaptive_max_pool2d", False),
     "upsample": ("interpolate", False), "upsample_nearest": ("interpolate", False),
     "upsample_bilinear": ("interpolate", False), "hardsigmoid_": ("hardsigmoid", False),
 }

@@ -64,6 +64,7 @@ _SIGNATURES = {
     "adaptive_avg_pool1d": "input, output_size",
     "adaptive_avg_pool2d": "input, output_size",
     "adaptive_max_pool2d": "input, output_size, return_indices=False",
+    "max_unpool2d": "input, indices, kernel_size, stride=None, padding=0, output_size=None",
     "dropout": "input, p=0.5, training=True, inplace=False",
     "dropout1d": "input, p=0.5, training=True, inplace=False",
     "dropout2d": "input, p=0.5, training=True, inplace=False",
