@@ -96,13 +96,17 @@ def blobs_in(obj):
 
 
 def _collect_blobs(obj, found):
-    if type(obj) is Blob:
+    kind = type(obj)
+    if kind is Blob:
         found[obj] = None
-        return
-    kind = _container_kind(obj)
-    if kind is not None:
-        for o in (obj.values() if kind is dict else obj):
-            _collect_blobs(o, found)
+    elif kind not in _LEAVES:
+        kind = _container_kind(obj)
+        if kind is not None:
+            for o in (obj.values() if kind is dict else obj):
+                _collect_blobs(o, found)
+
+
+_LEAVES = frozenset({int, float, bool, str, type(None)})
 
 
 class Node:

@@ -16,12 +16,13 @@ from tracecap.ops import CAST_OPS, DROPOUT_OPS, EXPAND_OPS, IDENTITY_OPS, RESHAP
 
 
 def run_passes(graph, passes, lint=True):
-    """Run each pass on ``graph`` in turn (linting after each); return {pass name: changed?}."""
+    """Run each pass on ``graph`` in turn, linting after each that changed it (one that changed
+    nothing has edited nothing); return {pass name: changed?}."""
     report = {}
     for p in passes:
         name = getattr(p, "__name__", repr(p))
         report[name] = bool(p(graph))
-        if lint:
+        if lint and report[name]:
             try:
                 graph.lint()
             except ValueError as exc:
