@@ -37,24 +37,28 @@ def fma_f32(a, b, c):
 
     The product of two float32 values is exact in float64; the sum may not be, and rounding
     that inexact float64 to float32 can land on a float32 halfway point it was not on (double
-    rounding). The exact error of the sum (TwoSum) decides those cases.
+    rounding). The exact error of the sum (TwoSum) decides those rare cases.
     """
-    a, b, c = (np.asarray(v, dtype=F32).astype(F64) for v in (a, b, c))
+    a, b, c = np.broadcast_arrays(*(np.asarray(v, dtype=F32) for v in (a, b, c)))
+    shape = a.shape
+    a, b, c = (v.reshape(-1).astype(F64) for v in (a, b, c))
     p = a * b
     s = p + c
     bp = s - c
     err = (p - bp) + (c - (s - bp))          # s + err == p + c exactly
     r = s.astype(F32)
-    back = r.astype(F64)
-    towards = np.where(s >= back, F32(np.inf), F32(-np.inf))
-    other = np.nextafter(r, towards.astype(F32))
-    mid = (back + other.astype(F64)) * 0.5
-    tie = (s == mid) & (err != 0) & (other != r)
-    if np.any(tie):
-        # the true value lies beyond the halfway point on the side err points to
-        go_other = (err > 0) == (other.astype(F64) > back)
-        r = np.where(tie & go_other, other, r)
-    return r.astype(F32)
+    gap = np.abs(np.spacing(r)).astype(F64)
+    off = np.abs(s - r.astype(F64))
+    near = (off == 0.5 * gap) | (off == 0.25 * gap)  # exactly halfway (the gap below a power of 2 is half)
+    if np.any(near):
+        idx = np.nonzero(near)
+        rs, ss, es = r[idx], s[idx], err[idx]
+        other = np.nextafter(rs, np.where(ss > rs.astype(F64), F32(np.inf), F32(-np.inf)).astype(F32))
+        mid = (rs.astype(F64) + other.astype(F64)) * 0.5
+        go_other = (ss == mid) & (es != 0) & ((es > 0) == (other.astype(F64) > rs.astype(F64)))
+        if np.any(go_other):
+            r[idx[0][go_other]] = other[go_other]
+    return r.reshape(shape)
 
 
 def reciprocal(scale):
@@ -93,8 +97,10 @@ def dequantize(q, scale, zero_point, rule="exact"):
         return ((np.asarray(q, dtype=np.int64) - np.asarray(zero_point, dtype=np.int64)).astype(F64)
                 * s.astype(F64)).astype(F32)
     if rule == "fma":
+        # s*q (24 + 8 bits) and s*zp rounded to float32 add exactly in float64, so one rounding
+        # of the float64 sum is the FMA's result
         premul = (s * f32(-np.asarray(zero_point, dtype=np.int64))).astype(F32)
-        return fma_f32(s, f32(q), premul)
+        return (s.astype(F64) * np.asarray(q, dtype=F64) + premul.astype(F64)).astype(F32)
     raise ValueError(f"unknown dequantize rule {rule!r}")
 
 
@@ -106,10 +112,11 @@ def requantize_float(acc, multiplier, zero_point, lo=0, hi=255):
     """float32 accumulator * float32 multiplier -> codes, the AVX2/SSE2 requantization sequence:
     ``cvtps2dq`` (rne), ``packs_epi32`` (int16 saturation), ``adds_epi16`` (+ zero point, saturating),
     ``packus_epi16`` and the [lo, hi] clamp (lo = zero point for a fused ReLU)."""
-    y = (f32(acc) * f32(multiplier)).astype(F32)
-    r = saturate_int16(_round_to_int(y))
-    r = saturate_int16(r + int(zero_point))
-    return np.clip(r, lo, hi)
+    y = np.array(np.rint((f32(acc) * f32(multiplier)).astype(F32)), dtype=F32)   # the steps below are exact
+    np.clip(y, -32768, 32767, out=y)
+    y += F32(zero_point)
+    np.clip(y, max(lo, -32768), min(hi, 32767), out=y)
+    return y.astype(np.int64)
 
 
 # ---- multipliers -------------------------------------------------------------------------------

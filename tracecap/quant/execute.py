@@ -74,7 +74,7 @@ def _bind_inputs(program, x):
         else:
             if not np.issubdtype(arr.dtype, np.integer):
                 raise QuantError(f"input {spec['name']!r} is {spec['dtype']}: pass its integer codes")
-            env[spec["name"]] = arr.astype(np.int64)
+            env[spec["name"]] = arr.astype(np.int16)
     return env
 
 

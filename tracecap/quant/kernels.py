@@ -25,6 +25,7 @@ from tracecap.quant import gemm
 from tracecap.quant import layout as layouts
 from tracecap.quant.errors import QuantError
 
+CODES = np.int16         # codes of quint8 and qint8 alike, between kernels
 GRAIN_SIZE = 32768      # at::internal::GRAIN_SIZE: TensorIterator splits work into chunks this large
 VEC_BLOCK = 64          # cpu_kernel_vec: 2 x Vectorized<quint8>::size() on AVX2
 
@@ -56,7 +57,7 @@ def quantize(op, inputs, ctx):
     out = op["outputs"][0]
     s, zp = ctx.qparams(out)
     lo, hi = A.DTYPE_RANGE[ctx.program.tensor(out)["dtype"]]
-    return [A.quantize(x, s, zp, lo, hi, rule=ctx.rules["quantize"])]
+    return [A.quantize(x, s, zp, lo, hi, rule=ctx.rules["quantize"]).astype(CODES)]
 
 
 def dequantize(op, inputs, ctx):
@@ -93,18 +94,28 @@ class LayerNumbers:
 
 
 def requantized_product(nums, a, a_zp, o_zp, relu, ctx):
-    """codes (M, K) x weights (N, K) -> output codes (M, N), by the engine's rule (module docstring)."""
+    """codes (M, K) x weights (N, K) -> output codes (M, N), by the engine's rule (module docstring).
+
+    ``a`` may be float32 holding exact integers (im2col writes it so, saving a conversion)."""
     lo = o_zp if relu else 0
     if ctx.mode == "integer_only" or ctx.rules["family"] == "qnnpack":
-        acc = gemm.exact_matmul(a - a_zp, nums.w - nums.w_zp[:, None])
+        acc = gemm.exact_matmul(a - np.float32(a_zp) if a.dtype == np.float32 else a.astype(np.int32) - a_zp,
+                                nums.w - nums.w_zp[:, None], a_bound=255)
         if nums.bias32 is not None:
             acc = acc + nums.bias32[None, :]
         if ctx.mode == "integer_only":
-            return A.requantize_fixed_point(acc, nums.m0[None, :], nums.shift[None, :], o_zp, lo)
-        return A.requantize_float(acc.astype(np.float32), nums.mult[None, :], o_zp, lo)
-    acc = gemm.saturated_matmul(a, nums.w) if ctx.rules["int16_pairs"] else gemm.exact_matmul(a, nums.w)
-    colsum = nums.w.sum(1) - nums.w_zp * a.shape[1]
-    raw = acc - a_zp * colsum[None, :] - a.sum(1, dtype=np.int64)[:, None] * nums.w_zp[None, :]
+            return A.requantize_fixed_point(acc, nums.m0[None, :], nums.shift[None, :], o_zp, lo).astype(CODES)
+        return A.requantize_float(acc.astype(np.float32), nums.mult[None, :], o_zp, lo).astype(CODES)
+    k, n = a.shape[1], nums.w.shape[0]
+    w_and_ones = np.vstack([nums.w, np.ones((1, k), dtype=nums.w.dtype)])      # the last column: row sums of a
+    product = gemm.saturated_matmul if ctx.rules["int16_pairs"] else gemm.exact_matmul
+    acc = product(a, w_and_ones)          # a pair a*1 + a*1 never saturates: the row sums stay exact
+    rowsum = acc[:, n]
+    raw = acc[:, :n]
+    if a_zp:
+        raw = raw - a_zp * (nums.w.sum(1) - nums.w_zp * k)[None, :]
+    if nums.w_zp.any():
+        raw = raw - rowsum[:, None] * nums.w_zp[None, :]
     accf = raw.astype(np.float32)
     if nums.bias is not None:
         if nums.per_channel:
@@ -112,12 +123,12 @@ def requantized_product(nums, a, a_zp, o_zp, relu, ctx):
         else:  # bias * reciprocal (rounded once from double) fused into the add by the compiler: one FMA
             rcp = np.float32(1.0 / np.float64(nums.atw[0]))
             accf = A.fma_f32(nums.bias[None, :], rcp, accf)
-    return A.requantize_float(accf, nums.mult[None, :], o_zp, lo)
+    return A.requantize_float(accf, nums.mult[None, :], o_zp, lo).astype(CODES)
 
 
 def linear(op, inputs, ctx):
     (x,) = inputs
-    a = np.asarray(x, dtype=np.int64).reshape(-1, x.shape[-1])
+    a = np.asarray(x).reshape(-1, x.shape[-1])
     _, a_zp = ctx.qparams(op["inputs"][0])
     _, o_zp = ctx.qparams(op["outputs"][0])
     y = requantized_product(LayerNumbers(op, ctx), a, a_zp, o_zp, op["relu"], ctx)
@@ -136,8 +147,8 @@ def conv2d(op, inputs, ctx):
     _, o_zp = ctx.qparams(op["outputs"][0])
     outs = []
     for g in range(groups):
-        cols, oh, ow = gemm.im2col(np.asarray(x[:, g * cg:(g + 1) * cg], dtype=np.int64), (kh, kw), op["stride"],
-                                   op["padding"], op["dilation"], a_zp)
+        cols, oh, ow = gemm.im2col(x[:, g * cg:(g + 1) * cg], (kh, kw), op["stride"], op["padding"], op["dilation"],
+                                   a_zp, dtype=np.float32)
         rows = slice(g * (o // groups), (g + 1) * (o // groups))
         outs.append(requantized_product(nums.rows(rows), cols, a_zp, o_zp, op["relu"], ctx))
     y = np.concatenate(outs, axis=1) if groups > 1 else outs[0]
@@ -197,7 +208,7 @@ def vector_mask(n, threads):
 
 
 def binary(op, inputs, ctx):
-    qa, qb = (np.asarray(v, dtype=np.int64) for v in inputs)
+    qa, qb = (np.asarray(v, dtype=np.int32) for v in inputs)
     (sa, za), (sb, zb) = ctx.qparams(op["inputs"][0]), ctx.qparams(op["inputs"][1])
     s, zp = ctx.qparams(op["outputs"][0])
     lo = zp if op["relu"] else 0
@@ -205,22 +216,29 @@ def binary(op, inputs, ctx):
         mult = ((np.float32(sa) * np.float32(sb)).astype(np.float32) * A.reciprocal(s)).astype(np.float32)
         prod = (qa - za) * (qb - zb)
         q = np.rint((prod.astype(np.float32) * mult).astype(np.float32)).astype(np.int64) + zp
-        return [np.clip(q, lo, 255)]
+        return [np.clip(q, lo, 255).astype(CODES)]
     if "qnnpack" in op or ctx.mode == "integer_only":
         p = op.get("qnnpack") or dict(zip(("a_multiplier", "b_multiplier", "right_shift"),
                                           A.qnnpack_add_params(sa, sb, s)))
-        return [A.qnnpack_add(qa, za, qb, zb, p["a_multiplier"], p["b_multiplier"], p["right_shift"], zp, lo)]
+        return [A.qnnpack_add(qa, za, qb, zb, p["a_multiplier"], p["b_multiplier"], p["right_shift"], zp, lo)
+                .astype(CODES)]
     # the float path; the vector/tail split runs over memory order (channels-last tensors are NHWC)
     ma, back = _memory_view(qa, ctx.layout(op["outputs"][0]))
     mb, _ = _memory_view(qb, ctx.layout(op["outputs"][0]))
     flat_a, flat_b = ma.reshape(-1), mb.reshape(-1)
     vec = vector_mask(flat_a.size, ctx.threads)
-    da = np.where(vec, A.dequantize(flat_a, sa, za, "fma"), A.dequantize(flat_a, sa, za, "exact"))
-    db = np.where(vec, A.dequantize(flat_b, sb, zb, "fma"), A.dequantize(flat_b, sb, zb, "exact"))
-    c = (da + db).astype(np.float32)
-    if op["relu"]:
-        c = np.maximum(c, np.float32(0))
-    q = np.where(vec, A.quantize(c, s, zp, 0, 255, "mul_round_add"), A.quantize(c, s, zp, 0, 255, "mul_add_round"))
+    q = np.empty(flat_a.size, dtype=CODES)
+    for part, deq, rule in ((vec, "fma", "mul_round_add"), (~vec, "exact", "mul_add_round")):
+        if part.all():
+            sel = slice(None)
+        elif part.any():
+            sel = np.nonzero(part)[0]
+        else:
+            continue
+        c = (A.dequantize(flat_a[sel], sa, za, deq) + A.dequantize(flat_b[sel], sb, zb, deq)).astype(np.float32)
+        if op["relu"]:
+            c = np.maximum(c, np.float32(0))
+        q[sel] = A.quantize(c, s, zp, 0, 255, rule)
     q = q.reshape(ma.shape)
     return [np.transpose(q, back) if back is not None else q]
 
@@ -240,9 +258,9 @@ def cat(op, inputs, ctx):
         else:
             parts.append(A.dequantize(q, si, zi, "exact"))
     if nhwc:
-        return [np.concatenate(parts, axis=1)]
+        return [np.concatenate(parts, axis=1).astype(CODES)]
     q = A.quantize(np.concatenate(parts, axis=dim), s, zp, 0, 255, rule=ctx.rules["quantize"])
-    return [np.maximum(q, zp) if op["relu"] else q]
+    return [(np.maximum(q, zp) if op["relu"] else q).astype(CODES)]
 
 
 def _cat_nhwc_part(q, si, zi, s, zp, relu):
@@ -276,15 +294,17 @@ def max_pool2d(op, inputs, ctx):
     (x,) = inputs
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = op["kernel_size"], op["stride"], op["padding"], op["dilation"]
     n, c, h, w = x.shape
+    if (kh, kw) == (sh, sw) and (ph, pw, dh, dw) == (0, 0, 1, 1) and h % kh == 0 and w % kw == 0:
+        return [x.reshape(n, c, h // kh, kh, w // kw, kw).max(axis=(3, 5))]    # tiling windows
     eh, ew = (kh - 1) * dh + 1, (kw - 1) * dw + 1
     oh, ow = _pool_out(h, eh, sh, ph, op["ceil_mode"]), _pool_out(w, ew, sw, pw, op["ceil_mode"])
-    low = np.iinfo(np.int64).min
+    low = np.iinfo(np.int32).min
     need_h, need_w = (oh - 1) * sh + eh, (ow - 1) * sw + ew
-    xp = np.full((n, c, max(need_h, h + 2 * ph), max(need_w, w + 2 * pw)), low, dtype=np.int64)
+    xp = np.full((n, c, max(need_h, h + 2 * ph), max(need_w, w + 2 * pw)), low, dtype=np.int32)
     xp[:, :, ph:ph + h, pw:pw + w] = x
     from numpy.lib.stride_tricks import sliding_window_view
     win = sliding_window_view(xp, (eh, ew), axis=(2, 3))[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :oh, :ow]
-    return [win.max(axis=(-1, -2))]
+    return [win.max(axis=(-1, -2)).astype(CODES)]
 
 
 def _pool_out(size, eff, stride, pad, ceil):
