@@ -105,3 +105,19 @@ def test_dynamic_linear_matches_pytorch_float_for_float(engine_name):
             total += want.size
     assert program.outputs[0]["kind"] == "float"
     assert bad == 0 and total == 20 * 50 * 9
+
+
+def test_integer_only_mode_is_near_but_not_pytorch():
+    """Exact int32 accumulation + int32 bias + fixed-point multipliers (integer-only hardware) lands
+    within one code of fbgemm on calibration-range inputs, but not on every code."""
+    model = M.eager(M.CNN, "fbgemm", per_channel=True)
+    graph = M.capture(model, M.SHAPES[M.CNN], "fbgemm")
+    with M.engine("fbgemm"):
+        program = Q.read_graph(graph)
+    x = M.calibration(M.SHAPES[M.CNN], seed=7, n=N_INPUTS)
+    pytorch = Q.execute(program, x).astype(np.int64)
+    integer = Q.execute(program, x, mode="integer_only").astype(np.int64)
+    differ = int((pytorch != integer).sum())
+    print(f"\ninteger_only vs fbgemm, CNN, {N_INPUTS} calibration-range inputs: {differ} of {pytorch.size} codes differ")
+    assert 0 < differ < 0.05 * pytorch.size
+    assert np.abs(pytorch - integer).max() == 1
