@@ -232,3 +232,32 @@ def test_engines_the_executor_does_not_reproduce_are_refused(cnn):
     model, graph = cnn
     with pytest.raises(Q.QuantError, match="'onednn' is not reproduced"):
         Q.read_graph(graph, engine="onednn")
+
+
+class _FloatInTheMiddle(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.quant = torch.ao.quantization.QuantStub()
+        self.fc1, self.fc2 = nn.Linear(4, 4), nn.Linear(4, 2)
+        self.dequant = torch.ao.quantization.DeQuantStub()
+        self.requant = torch.ao.quantization.QuantStub()
+        self.dequant2 = torch.ao.quantization.DeQuantStub()
+
+    def forward(self, x):
+        y = torch.sigmoid(self.dequant(self.fc1(self.quant(x))))     # float work between two quantized parts
+        return torch.softmax(self.dequant2(self.fc2(self.requant(y))), dim=1)
+
+
+def test_float_ops_between_quantized_parts_are_refused(tmp_path):
+    from torch.ao import quantization as tq
+    with M.engine("fbgemm"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = _FloatInTheMiddle().eval()
+        model.qconfig = tq.get_default_qconfig("fbgemm")
+        tq.prepare(model, inplace=True)
+        model(torch.randn(8, 4))
+        tq.convert(model, inplace=True)
+        graph = M.capture(model, (1, 4), "fbgemm")
+        with pytest.raises(UnsupportedOpError, match=r"module `requant` \(Quantize\) at .*test_quant_export.py:\d+: "
+                                                     r"it reads sigmoid, which `sigmoid` computes in float"):
+            Q.read_graph(graph)

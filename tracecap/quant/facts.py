@@ -173,6 +173,9 @@ class _Reader:
 
     def _io(self, node, inputs):
         for b in inputs:
+            if b.name in self.tail_blobs:
+                raise _Refuse(f"it reads {b.name}, which `{b.producer.op}` computes in float after a dequantize; "
+                              f"float ops inside the quantized part are not reproduced")
             self._tensor(b)
         outs = [self._tensor(t) for t in node.tops]
         return {"inputs": [b.name for b in inputs], "outputs": outs}
@@ -277,7 +280,7 @@ class _Reader:
 
     def _float(self, node, src):
         """A float op: computed exactly (relu/reshape between dynamic layers) or left as the float tail."""
-        if all(self._after_dequantize(b) for b in node.bottoms):
+        if all(self._after_dequantize(b) for b in node.bottoms if not b.is_constant):
             if node.op not in FLOAT_TAIL:
                 raise _Refuse(f"float `{node.op}` after dequantize: outputs must follow the last dequantize "
                               f"through {', '.join(sorted(FLOAT_TAIL))} only")
