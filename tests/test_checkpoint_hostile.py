@@ -319,7 +319,7 @@ class TestArchives:
         with pytest.raises(CheckpointError, match="not a PyTorch checkpoint"):
             load_checkpoint(write(tmp_path, fx.zip_from_records({"readme.txt": b"hi"})))
         script = fx.zip_from_records({"m/data.pkl": b"", "m/constants.pkl": b"", "m/code/m.py": b""})
-        with pytest.raises(CheckpointError, match="is a TorchScript archive"):
+        with pytest.raises(CheckpointError, match=r"m/data\.pkl"):   # TorchScript is read; an empty data.pkl is not
             load_checkpoint(write(tmp_path, script))
 
     def test_zip_bad_byteorder(self, tmp_path):

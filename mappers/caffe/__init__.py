@@ -76,8 +76,8 @@ def graph_blobs_of(layer):
     return {t: mine[t] for t in layer.tops if t in mine}
 
 
-def _build(graph, dialect, name, with_blobs):
-    layers = to_layers(graph, dialect)
+def _build(graph, dialect, name, with_blobs, layers=None):
+    layers = to_layers(graph, dialect) if layers is None else layers
     inputs = {}
     for blob in graph.inputs:
         if blob.shape is None or len(blob.shape) == 0:
@@ -97,11 +97,17 @@ def to_net(graph, dialect="bvlc", name="tracecap"):
 def save(graph, prototxt, caffemodel, dialect="bvlc", name="tracecap"):
     """Write ``graph`` as ``prototxt`` + ``caffemodel``, atomically (nothing half-written on failure).
 
+    A quantized graph (``tracecap.quant``) becomes the float net its integers encode, and its
+    quantization table is written beside the caffemodel as ``<model>.quant.json``.
+
     The files are those ``writer.save(to_net(graph, dialect, name), ...)`` writes, but the
     weights go from their arrays to the caffemodel without being encoded into the
     message; the NetParameter returned therefore has the layers without their blobs
     (use ``to_net`` for the net with blobs).
     """
-    net, blobs = _build(graph, dialect, name, with_blobs=False)
-    writer.save_parts(net, blobs, prototxt, caffemodel)
+    from tracecap.quant import table
+    layers = to_layers(graph, dialect)
+    net, blobs = _build(graph, dialect, name, with_blobs=False, layers=layers)
+    # a quantized graph also gets its quantization table (<model>.quant.json), in the same atomic step
+    writer.save_parts(net, blobs, prototxt, caffemodel, extra=table.files_for(graph, layers, caffemodel))
     return net

@@ -62,7 +62,7 @@ def save(net, prototxt_path, caffemodel_path, *, fsync: bool = False) -> None:
     _save_files(net, prototxt_path, caffemodel_path, lambda write: _write_caffemodel(net, write), fsync)
 
 
-def save_parts(net, blobs, prototxt_path, caffemodel_path, *, fsync: bool = False) -> None:
+def save_parts(net, blobs, prototxt_path, caffemodel_path, *, fsync: bool = False, extra=()) -> None:
     """Write ``net`` with ``blobs[i]`` as the blobs of ``net.layer[i]``, as :func:`save` would.
 
     ``net, blobs`` is what ``netspec.to_net(..., with_blobs=False)`` returns:
@@ -73,11 +73,12 @@ def save_parts(net, blobs, prototxt_path, caffemodel_path, *, fsync: bool = Fals
     float32 with its shape) -- the caffemodel is that net's
     ``SerializeToString(deterministic=True)`` -- and written the same atomic
     way, but the arrays go from their buffers to the file without ever being
-    encoded into protobuf messages.
+    encoded into protobuf messages. ``extra`` (``[(path, emit)]``, e.g. a quantization table)
+    is written in the same atomic step, before the prototxt.
     """
     arrays = _checked_blobs(net, blobs)
     _save_files(net, prototxt_path, caffemodel_path,
-                lambda write: _write_caffemodel(net, write, arrays), fsync)
+                lambda write: _write_caffemodel(net, write, arrays), fsync, extra)
 
 
 def caffemodel_bytes(net, blobs=None) -> bytes:
@@ -116,7 +117,7 @@ def load(prototxt_path, caffemodel_path=None, dialect: str = "opencv"):
 # ------------------------------------------------------ binary encoding
 
 
-def _save_files(net, prototxt_path, caffemodel_path, emit, fsync: bool) -> None:
+def _save_files(net, prototxt_path, caffemodel_path, emit, fsync: bool, extra=()) -> None:
     """The prototxt of ``net`` and what ``emit(write)`` writes, both or neither.
 
     The caffemodel goes into place first, the prototxt (what a reader opens first) last.
@@ -125,7 +126,7 @@ def _save_files(net, prototxt_path, caffemodel_path, emit, fsync: bool) -> None:
     if os.path.abspath(proto_target) == os.path.abspath(model_target):
         raise ValueError(f"prototxt and caffemodel paths are the same: {proto_target}")
     text = prototxt_text(net).encode("utf-8")
-    atomic.write_files([(model_target, emit), (proto_target, lambda write: write(text))], fsync=fsync)
+    atomic.write_files([(model_target, emit), *extra, (proto_target, lambda write: write(text))], fsync=fsync)
 
 
 def _checked_blobs(net, blobs) -> list:

@@ -12,6 +12,7 @@ import torch
 from tracecap.errors import CheckpointError
 
 from .load import read_checkpoint
+from . import quantized
 from .module_tree import ModuleNode
 from .placeholders import Opaque
 from .torch7_inspect import torch7_report
@@ -51,10 +52,12 @@ def iter_tensors(obj):
             seen.add(id(value))
             prefix = f"{path}." if path else ""
             out.extend((prefix + k, t) for k, t in value.state_dict().items())
+            out.extend(quantized.packed_tensors(value, prefix))
             continue
         if isinstance(value, Opaque):
             seen.add(id(value))
-            value = value.attributes()
+            packed = quantized.tuple_state(value)   # packed parameters pickle a tuple of tensors
+            value = value.attributes() if packed is None else packed
         if isinstance(value, Mapping):
             seen.add(id(value))
             children = [(f"{path}.{_key_text(k, i)}" if path else _key_text(k, i), v)
@@ -91,8 +94,11 @@ def inspect_checkpoint(path) -> dict:
     torch7 = torch7_report(obj) if info.format == "torch7" else None
     tensors = []
     for name, t in (torch7["tensors"] if torch7 else iter_tensors(obj)):
-        tensors.append({"name": name or "(the whole object)", "dtype": _dtype_name(t.dtype), "shape": list(t.shape),
-                        "bytes": t.numel() * t.element_size()})
+        entry = {"name": name or "(the whole object)", "dtype": _dtype_name(t.dtype), "shape": list(t.shape),
+                 "bytes": t.numel() * t.element_size()}
+        if t.is_quantized:
+            entry["quantization"] = quantized.describe(t)
+        tensors.append(entry)
     report = {
         "path": info.path,
         "file_size": info.file_size,
@@ -186,6 +192,7 @@ def format_inspection(report: dict, max_rows: int = 500) -> str:
                  f"({_human_bytes(report['storage_bytes'])} of distinct storage)"
                  + (f"; total parameters: {report['total_parameters']:,}"
                     if report["total_parameters"] is not None else ""))
+    lines.extend(quantized.format_rows(report["tensors"][:max_rows]))
     for tree in report["module_trees"]:
         lines.append("")
         lines.append(f"module tree{' ' + repr(tree['name']) if tree['name'] else ''}:")

@@ -9,7 +9,7 @@ import torch
 
 from tracecap.errors import CheckpointError
 
-from . import numpy_rebuild, tensor_rebuild  # noqa: F401  (register their allow-list entries)
+from . import numpy_rebuild, quantized, tensor_rebuild  # noqa: F401  (register their allow-list entries)
 from .allowlist import SafeCall, describe_callee, resolve_global
 from .module_tree import ModuleNode, looks_like_module
 from .placeholders import ClassRef, Opaque
@@ -43,6 +43,8 @@ class CheckpointPolicy(Policy):
 
     def build(self, inst, state):
         if isinstance(inst, Opaque):
+            if quantized.is_quantized_conv_state(inst.class_path, state):  # a 15-field tuple, not a __dict__
+                state = quantized.conv_state_as_module(state)
             inst.state = state
             if looks_like_module(inst.attributes()):
                 ModuleNode.adopt(inst)

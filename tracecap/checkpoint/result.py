@@ -9,6 +9,7 @@ FORMAT_NAMES = {
     "legacy": "legacy pickle (torch 0.1.10 - 1.5)",
     "zip": "zip (torch >= 1.6)",
     "pickle": "plain pickle (not written by torch.save)",
+    "torchscript": "TorchScript archive (torch.jit.save), read as data",
 }
 
 
@@ -56,8 +57,8 @@ class CheckpointInfo:
                 guess = "torch 0.1.10 - 0.3"
             else:
                 guess = "torch 0.1.10 - 1.5"
-        elif self.format == "zip":
-            guess = "torch >= 1.6"
+        elif self.format in ("zip", "torchscript"):
+            guess = "torch >= 1.6" if self.format == "zip" else "torch.jit.save"
         else:
             guess = "pickle.dump, not torch.save"
         return guess + (", Python 2" if self.python2 else "")

@@ -6,6 +6,8 @@ arguments and builds the tensor from the ``StorageRef`` with ``storages.build_te
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -138,7 +140,9 @@ def rebuild_qtensor(policy, args, kwargs, new):
                                                              axis=axis, dtype=storage.dtype)
     else:
         raise CheckpointError(f"_rebuild_qtensor: unsupported quantization scheme {scheme!r}")
-    return build_tensor(storage, offset, size, stride, quantizer=quantizer)
+    with warnings.catch_warnings():   # torch deprecates creating quantized tensors; reading them is the point
+        warnings.simplefilter("ignore")
+        return build_tensor(storage, offset, size, stride, quantizer=quantizer)
 
 
 def _parameter(data, requires_grad):

@@ -18,6 +18,7 @@ import zlib
 
 from tracecap.errors import CheckpointError
 
+from . import torchscript
 from .legacy_pickle_format import collect_facts
 from .policy import CheckpointPolicy
 from .result import CheckpointInfo
@@ -80,12 +81,9 @@ class ZipRecords:
 
 
 def _prefix(records: ZipRecords) -> str:
-    """The top directory holding data.pkl; TorchScript archives are named as such."""
+    """The top directory holding data.pkl (TorchScript archives have one too)."""
     names = records.infos
     pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
-    if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-        raise CheckpointError(f"{records.name} is a TorchScript archive (torch.jit.save), not a torch.save "
-                              f"checkpoint; tracecap does not read TorchScript (torch.jit.load does)")
     if not pkls:
         raise CheckpointError(f"{records.name} is a zip file but not a PyTorch checkpoint (no <dir>/data.pkl)")
     if len(pkls) > 1:
@@ -142,4 +140,6 @@ def read_zip(f, size: int, name: str, nested_loader) -> tuple:
     main = RestrictedUnpickler(Region.of_bytes(data, f"{name}:{prefix}data.pkl"), policy)
     obj = main.load()
     collect_facts(info, policy, main)
+    if torchscript.is_torchscript(records.infos):
+        torchscript.annotate(info, records, prefix)
     return obj, info

@@ -29,6 +29,10 @@ EXPAND_OPS = frozenset({"expand", "expand_as"})
 # Reshapes: the identity when the shape does not change.
 RESHAPE_OPS = frozenset({"view", "reshape", "flatten", "view_as", "reshape_as"})
 
+# The float -> integer and integer -> float boundaries of a quantized model (torch.ao.quantization).
+QUANTIZE_OPS = frozenset({"quantize_per_tensor", "quantize_per_channel"})
+DEQUANTIZE_OPS = frozenset({"dequantize"})
+
 # Parameter names whose tensors are weights, never graph inputs.
 WEIGHT_SLOTS = frozenset({"weight", "bias", "running_mean", "running_var"})
 

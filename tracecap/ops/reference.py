@@ -27,6 +27,16 @@ def _max_min(fn, p):
     return fn(p["input"], p["dim"], p["keepdim"])
 
 
+def _quantized_kernel(qualified, names):
+    """Call ``torch.ops.quantized.<op>`` with the canonical params ``names``, in that order."""
+    namespace, op = qualified.split("::")
+
+    def impl(p):
+        args = [list(p[n]) if n == "tensors" else p[n] for n in names]
+        return getattr(getattr(torch.ops, namespace), op)(*args)
+    return impl
+
+
 IMPL = {
     "conv1d": lambda p: F.conv1d(p["input"], p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]),
     "conv2d": lambda p: F.conv2d(p["input"], p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]),
@@ -120,6 +130,18 @@ IMPL = {
     "pixel_shuffle": lambda p: F.pixel_shuffle(p["input"], p["upscale_factor"]),
     "pad": lambda p: F.pad(p["input"], p["pad"], p["mode"], p["value"]),
     "clamp": lambda p: torch.clamp(p["input"], p["min"], p["max"]),
+    "quantize_per_tensor": lambda p: torch.quantize_per_tensor(p["input"], p["scale"], p["zero_point"], p["dtype"]),
+    "quantize_per_channel": lambda p: torch.quantize_per_channel(p["input"], p["scales"], p["zero_points"],
+                                                                 p["axis"], p["dtype"]),
+    "dequantize": lambda p: p["input"].dequantize(),
+    **{op: _quantized_kernel(op, ("input", "packed_params", "scale", "zero_point"))
+       for op in ("quantized::linear", "quantized::linear_relu", "quantized::conv2d", "quantized::conv2d_relu")},
+    **{op: _quantized_kernel(op, ("input", "packed_params", "reduce_range"))
+       for op in ("quantized::linear_dynamic", "quantized::linear_relu_dynamic")},
+    **{op: _quantized_kernel(op, ("input", "other", "scale", "zero_point"))
+       for op in ("quantized::add", "quantized::add_relu", "quantized::mul", "quantized::mul_relu")},
+    **{op: _quantized_kernel(op, ("tensors", "dim", "scale", "zero_point"))
+       for op in ("quantized::cat", "quantized::cat_relu")},
 }
 
 

@@ -121,6 +121,23 @@ _SIGNATURES = {
     "alias": "input",
     "float": "input, memory_format=None",
     "type_as": "input, other",
+    # quantized tensors (torch.ao.quantization): the quantize/dequantize boundary and the
+    # ``quantized::`` kernels; ``packed_params`` is the engine's packed-weight ScriptObject
+    "quantize_per_tensor": "input, scale, zero_point, dtype",
+    "quantize_per_channel": "input, scales, zero_points, axis, dtype",
+    "dequantize": "input",
+    "quantized::linear": "input, packed_params, scale, zero_point",
+    "quantized::linear_relu": "input, packed_params, scale, zero_point",
+    "quantized::linear_dynamic": "input, packed_params, reduce_range=False",
+    "quantized::linear_relu_dynamic": "input, packed_params, reduce_range=False",
+    "quantized::conv2d": "input, packed_params, scale, zero_point",
+    "quantized::conv2d_relu": "input, packed_params, scale, zero_point",
+    "quantized::add": "input, other, scale, zero_point",
+    "quantized::add_relu": "input, other, scale, zero_point",
+    "quantized::mul": "input, other, scale, zero_point",
+    "quantized::mul_relu": "input, other, scale, zero_point",
+    "quantized::cat": "tensors, dim, scale=None, zero_point=None",
+    "quantized::cat_relu": "tensors, dim, scale=None, zero_point=None",
 }
 
 def _parse(sig):
