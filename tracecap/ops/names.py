@@ -27,6 +27,7 @@ _ALIASES = {
     "max_pool2d_with_indices": ("max_pool2d", False), "_max_pool2d": ("max_pool2d", False),
     "upsample": ("interpolate", False), "upsample_nearest": ("interpolate", False),
     "upsample_bilinear": ("interpolate", False), "hardsigmoid_": ("hardsigmoid", False),
+    "broadcast_to": ("expand", False),
 }
 
 
