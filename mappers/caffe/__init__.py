@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from tracecap.errors import MappingError, UnsupportedOpError
 from tracecap.mappers.caffe import layers as _layers  # noqa: F401  (registers the mappers)
-from tracecap.mappers.caffe import netspec, writer
+from tracecap.mappers.caffe import netspec, quirks, writer
 from tracecap.mappers.caffe.proto import DIALECTS
 from tracecap.mappers.caffe.registry import MAPPERS, Context, Unsupported, caffe_name
 
@@ -53,7 +53,7 @@ def to_layers(graph, dialect="bvlc"):
         raise UnsupportedOpError(
             f"{len(problems)} op(s) cannot be converted to Caffe ({dialect} dialect):\n  - " + "\n  - ".join(problems),
             problems, refusals)
-    return layers
+    return quirks.separate_power_pairs(layers)
 
 
 def _check_tops_written(node, layers):
@@ -79,6 +79,11 @@ def _build(graph, dialect, name, with_blobs):
         if blob.shape is None or len(blob.shape) == 0:
             raise MappingError(f"graph input {blob.name} has no shape")
         inputs[caffe_name(blob)] = tuple(blob.shape)
+    read = {b for layer in layers for b in layer.bottoms}
+    unused = [n for n in inputs if n not in read]
+    if unused and "Silence" in netspec.layer_types(dialect):
+        # an input read for its shape only (``a.expand_as(b)``): OpenCV refuses a net with an unread input
+        layers = layers + [netspec.Layer("Silence", "unused_inputs/silence", unused, [])]
     try:
         return netspec.to_net(layers, name=name, inputs=inputs, dialect=dialect, with_blobs=with_blobs)
     except MappingError as exc:

@@ -358,7 +358,7 @@ def _combine_activations(ctx, kind, a, b, coeffs, out, top):
         plans = []
         for big, small in ((a, b), (b, a)):
             fit = scale_span(shape_of(small), out)
-            if fit is not None:
+            if fit is not None and shape_of(small) != tuple(out):  # a full-shape factor is just Eltwise PROD
                 cost = len(_expand_plan(shape_of(big), out)) + (shape_of(small) != fit[1]) + 1
                 plans.append((cost, big, small, fit))
         repeats = len(_expand_plan(shape_of(a), out)) + len(_expand_plan(shape_of(b), out))
