@@ -36,6 +36,11 @@ def to_layers(graph, dialect="bvlc"):
     layers, refusals = [], []
     for node in graph.nodes:
         fn = MAPPERS.get(node.op)
+        empty = [t for t in node.tops + node.bottoms if not t.is_constant and t.shape is not None and 0 in t.shape]
+        if empty:
+            refusals.append((node, f"empty tensor {empty[0].name} of shape {tuple(empty[0].shape)}: a Caffe blob "
+                                   f"has at least one element"))
+            continue
         if fn is None:
             refusals.append((node, f"no Caffe mapping for `{node.op}`"))
             continue

@@ -102,6 +102,8 @@ def clip(ctx, bottom, lo, hi, top=None):
     if math.isinf(lo):      # hi - relu(hi - x)
         return [power_layer(ctx, bottom, scale=-1.0, shift=hi, top=shifted), ctx.layer("ReLU", [shifted], [clipped]),
                 power_layer(ctx, clipped, scale=-1.0, shift=hi, top=top)]
+    if lo == hi:
+        return [power_layer(ctx, bottom, scale=0.0, shift=lo, top=top)]
     k = 6.0 / (hi - lo)     # lo + relu6((x - lo) * k) / k
     return [power_layer(ctx, bottom, scale=k, shift=-lo * k, top=shifted), relu6_layer(shifted, clipped),
             power_layer(ctx, clipped, scale=1.0 / k, shift=lo, top=top)]

@@ -58,6 +58,8 @@ def adaptive_pool2d(node, ctx):
     method = "AVE" if node.op == "adaptive_avg_pool2d" else "MAX"
     if node.params.get("return_indices"):
         ctx.unsupported("adaptive_max_pool2d(return_indices=True)")
+    if len(ctx.in_shape()) != 4:
+        ctx.unsupported(f"{node.op} of a {len(ctx.in_shape())}-D tensor; the Caffe layer takes N×C×H×W")
     n, c, h, w = ctx.in_shape()
     oh, ow = ctx.out_shape()[2:]
     x = ctx.bottom(node.params["input"])

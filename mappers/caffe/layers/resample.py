@@ -9,6 +9,8 @@ from tracecap.mappers.caffe.registry import register
 @register("interpolate")
 def interpolate(node, ctx):
     p = node.params
+    if len(ctx.in_shape()) != 4:
+        ctx.unsupported(f"{node.op} of a {len(ctx.in_shape())}-D tensor; the Caffe layer takes N×C×H×W")
     n, c, h, w = ctx.in_shape()
     oh, ow = ctx.out_shape()[2:]
     if p["mode"] != "nearest":

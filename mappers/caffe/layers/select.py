@@ -158,6 +158,9 @@ def narrow(node, ctx):
     shape = ctx.in_shape()
     dim = norm_axis(p["dim"], len(shape))
     start = p["start"] if node.op == "narrow" else p["index"]
+    if isinstance(start, Blob) and start.is_constant and start.value is not None and start.value.numel() == 1 \
+            and not start.value.dtype.is_floating_point:
+        start = int(start.value.reshape(()).item())  # x.select(1, torch.tensor(2))
     if isinstance(start, Blob) or isinstance(start, bool) or not isinstance(start, int):
         ctx.unsupported(f"{node.op} at a position that is not a Python int")
     start = _wrap(ctx, [start], shape[dim])[0]

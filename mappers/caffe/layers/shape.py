@@ -66,6 +66,8 @@ def transpose(node, ctx):
 
 @register("pixel_shuffle")
 def pixel_shuffle(node, ctx):
+    if len(ctx.in_shape()) != 4:
+        ctx.unsupported(f"{node.op} of a {len(ctx.in_shape())}-D tensor; the Caffe layer takes N×C×H×W")
     n, c, h, w = ctx.in_shape()
     r = int(node.params["upscale_factor"])
     a, b = ctx.tmp("split"), ctx.tmp("permute")
