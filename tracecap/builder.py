@@ -59,7 +59,7 @@ class Builder:
         self.version = {}      # id(tensor) -> its _version when last bound (None: unknown, not checked)
         self.holders = {}      # id(Blob) -> ids of the tensor objects bound to it (aliases share a blob)
         self.aliases = {}      # alias key -> Blob
-        self.sharing = {}      # storage data pointer -> tensors bound on it (to follow writes through views)
+        self.sharing = {}      # id(base tensor) -> it and its views (to follow writes through views)
         self.bound = {}        # id(tensor) -> the tensor, for every tensor bound to a blob
         self.unfollowable = {}  # id(tensor) -> why a write through a view left its value unknown
         self.escapes = []      # (op, source) of calls that turned data into Python values
@@ -98,10 +98,10 @@ class Builder:
         key = _alias_key(t)
         if key is not None:
             self.aliases.setdefault(key, blob)
-        lay = views.layout(t)
-        if lay is not None:
-            peers = self.sharing.setdefault(lay.storage, {})
-            peers[id(t)] = t
+        base = t._base
+        if base is not None:  # views share storage with their base (torch keeps the root there)
+            family = self.sharing.setdefault(id(base), {id(base): base})
+            family[id(t)] = t
 
     def _new_source(self, t, kind, name):
         blob = self.g.add_blob(name, kind, tuple(t.shape), t.dtype, value=t if kind != "input" else None,
@@ -276,9 +276,9 @@ class Builder:
         a tensor containing the write gets it through ``setitem`` (``x[:, :c] = x1``)."""
         for i in written:
             w = ev.inputs[i]
-            lay_w = views.layout(w)
-            peers = self.sharing.get(lay_w.storage, {}) if lay_w is not None else {}
-            if len(peers) > 1:
+            peers = self.sharing.get(id(w._base if w._base is not None else w), {})
+            lay_w = views.layout(w) if len(peers) > 1 else None
+            if lay_w is not None:
                 self._update_peers(ev, w, lay_w, [t for tid, t in peers.items() if tid != id(w)])
 
     def _update_peers(self, ev, w, lay_w, peers):
