@@ -255,7 +255,7 @@ def expand_layers(ctx, bottom, src, dst, top=None):
         return ([reshape_layer(ctx, bottom, dst, top=top)], top) if top else ([], bottom)
     layers, name, cur = [], bottom, padded(src, len(dst))
     for k, (kind, arg) in enumerate(steps):
-        out = (top if k == len(steps) - 1 and top else ctx.tmp(f"expand_{kind}"))
+        out = top if k == len(steps) - 1 and top else ctx.tmp({"deconv": "spread", "reshape": "as_nd"}.get(kind, "repeat"))
         if kind == "reshape":
             layers.append(reshape_layer(ctx, name, arg, top=out))
             cur = arg
@@ -265,8 +265,7 @@ def expand_layers(ctx, bottom, src, dst, top=None):
             cur = (cur[0], arg) + tuple(cur[2:])
         else:
             c = cur[1]
-            params = {"num_output": c, "bias_term": False, "group": c,
-                      **conv_spatial({"kernel": arg, "stride": (1, 1), "pad": (0, 0)})}
+            params = {"num_output": c, "bias_term": False, "kernel_h": arg[0], "kernel_w": arg[1], "group": c}
             layers.append(ctx.layer("Deconvolution", [name], [out], params=params, blobs=[_ones((c, 1) + arg)]))
         name = out
     return layers, name
@@ -288,6 +287,8 @@ def scale_span(small, out):
         ones = [d for d in range(r) if out[d] == 1]
         return (ones[-1], (1,)) if ones else None
     a, b = idx[0], idx[-1]
+    while a > 0 and s[a - 1] == out[a - 1]:  # equal leading dims (a batch of 1) join the span
+        a -= 1
     return (a, tuple(out[a:b + 1])) if tuple(s[a:b + 1]) == tuple(out[a:b + 1]) else None
 
 
@@ -369,10 +370,12 @@ def _combine_activations(ctx, kind, a, b, coeffs, out, top):
             layers, name = expand_to(ctx, big, out)
             operand = ctx.bottom(small)
             if shape_of(small) != dims:
-                operand = ctx.tmp("scale_operand")
+                operand = ctx.tmp("broadcast")
                 layers.append(reshape_layer(ctx, ctx.bottom(small), dims, top=operand))
             return layers + [ctx.layer("Scale", [name, operand], [top],
                                        params={"axis": axis, "num_axes": len(dims), "bias_term": False})]
+    if shape_of(a) != tuple(out) and shape_of(b) == tuple(out):  # the full-shape operand first (all ops commute)
+        a, b, coeffs = b, a, tuple(reversed(coeffs))
     la, na = expand_to(ctx, a, out)
     lb, nb = expand_to(ctx, b, out)
     layers = la + lb

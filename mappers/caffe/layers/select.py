@@ -124,7 +124,7 @@ def _select_then_reshape(ctx, selections):
     if not selections:
         return [reshape_layer(ctx, x, out, top=ctx.top)]
     kept = tuple(len(selections[d]) if d in selections else n for d, n in enumerate(shape))
-    name = ctx.top if kept == out else ctx.tmp("selected")
+    name = ctx.top if kept == out else ctx.tmp("part")
     layers, _ = select(ctx, x, shape, selections, name)
     return layers if name == ctx.top else layers + [reshape_layer(ctx, name, out, top=ctx.top)]
 
