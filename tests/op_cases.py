@@ -15,11 +15,23 @@ import re
 from typing import NamedTuple
 
 import pytest
+import torch
 
 import tracecap
 from tracecap.mappers import caffe
 
 from conversion import capture, check
+
+
+class Fn(torch.nn.Module):
+    """A function as a module: ``Fn(lambda a, b: a * b)``; its tensor arguments are the graph inputs."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
 
 
 class Case(NamedTuple):

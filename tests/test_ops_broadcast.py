@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from op_cases import Refusal, case, ids, run_case, run_refusal
+from op_cases import Fn, Refusal, case, ids, run_case, run_refusal
 
 torch.manual_seed(14)
 
@@ -19,15 +19,6 @@ def _x(*shape):
 
 def _pos(*shape):
     return torch.rand(*shape) + 0.5
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *xs):
-        return self.fn(*xs)
 
 
 def const(*shape):

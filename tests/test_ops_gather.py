@@ -6,24 +6,11 @@ views (``x1.add_(...)`` on a chunk, ``y[:, :1].relu_()``) are followed by the bu
 """
 import pytest
 import torch
-import torch.nn as nn
 
-from op_cases import Refusal, case, ids, run_case, run_refusal
+from op_cases import Fn, Refusal, case, ids, run_case, run_refusal
 
 torch.manual_seed(6)
-
-
-class Fn(nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *xs):
-        return self.fn(*xs)
-
-
-def _x(*shape):
-    return torch.randn(*shape)
+_x = torch.randn
 
 
 X = _x(2, 6, 5, 7)
