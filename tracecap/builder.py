@@ -92,7 +92,8 @@ class Builder:
     def _bind_blob(self, t, blob, version):
         self.current[id(t)] = blob
         self.bound[id(t)] = t
-        self.unfollowable.pop(id(t), None)
+        if self.unfollowable:
+            self.unfollowable.pop(id(t), None)
         self.version[id(t)] = version
         self.holders.setdefault(id(blob), []).append(id(t))
         key = _alias_key(t)
@@ -183,7 +184,8 @@ class Builder:
         lookup = {id(t): self.current[id(t)] for t in ev.inputs}
         params = opslib.normalize(op, swap, _sub(params, lookup),
                                   input_ndim=ev.inputs[0].dim() if ev.inputs else None)
-        constant = all(b.is_constant for b in _value_operands(op, params, bottoms))
+        constant = all(b.is_constant for b in (_value_operands(op, params, bottoms) if op in opslib.SHAPE_ONLY_ARGS
+                                                else bottoms))
         if op in opslib.ALIAS_OPS and not written and len(ev.outputs) == 1 and id(ev.outputs[0]) not in self.current:
             # x.data / x.detach(): the same values under another tensor object - one blob for both,
             # so a later in-place write through either is seen by readers of the other
@@ -217,7 +219,7 @@ class Builder:
         bottoms = []
         for t, now in zip(ev.inputs, ev.in_versions):
             blob = self.current.get(id(t))
-            if id(t) in self.unfollowable:
+            if self.unfollowable and id(t) in self.unfollowable:
                 raise CaptureError(f"{describe(ev)} reads `{blob.name}`, which {self.unfollowable[id(t)]}")
             if blob is None:
                 blob = self._source_for(t, _slot_of(params, t), ev)
