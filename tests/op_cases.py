@@ -15,11 +15,23 @@ import re
 from typing import NamedTuple
 
 import pytest
+import torch
 
 import tracecap
 from tracecap.mappers import caffe
 
 from conversion import capture, check
+
+
+class Fn(torch.nn.Module):
+    """A function as a module: ``Fn(lambda a, b: a * b)``; its tensor arguments are the graph inputs."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *xs):
+        return self.fn(*xs)
 
 
 class Case(NamedTuple):
@@ -28,6 +40,7 @@ class Case(NamedTuple):
     inputs: tuple
     layer_types: frozenset = frozenset()   # Caffe types the opencv prototxt must contain
     rel_tol: float = 1e-5
+    ops: tuple = None        # the ops the case is about (default: every op of its graph)
 
 
 class Refusal(NamedTuple):
@@ -37,8 +50,10 @@ class Refusal(NamedTuple):
     match: str               # regex the refusal reason must match
 
 
-def case(id, model, inputs, layer_types=(), rel_tol=1e-5):
-    return Case(id, model, tuple(inputs), frozenset(layer_types), rel_tol)
+def case(id, model, inputs, layer_types=(), rel_tol=1e-5, ops=None):
+    """One op x configuration. ``ops`` names the ops it tests when its graph has helpers too
+    (a ``sigmoid`` that only makes a gate); the op table counts the case for those ops only."""
+    return Case(id, model, tuple(inputs), frozenset(layer_types), rel_tol, tuple(ops) if ops else None)
 
 
 def ids(cases):
@@ -56,14 +71,26 @@ def _ops(graph):
     return sorted({n.op for n in graph.nodes})
 
 
+def _layer_types(graph):
+    """{op: sorted Caffe layer types its nodes were written as} (opencv dialect)."""
+    types = {}
+    for layer in caffe.to_layers(graph, "opencv"):
+        types.setdefault(layer.origin.op, set()).add(layer.type)
+    return {op: sorted(t) for op, t in types.items()}
+
+
 def run_case(c, runtime, tmp_path):
     """Convert ``c`` in both dialects, run it on ``runtime``, compare with PyTorch; return the graph."""
     graph, worst = check(c.model, c.inputs, runtime, tmp_path, rel_tol=c.rel_tol)
     text = (tmp_path / "net.opencv.prototxt").read_text()
     for layer_type in c.layer_types:
         assert f'type: "{layer_type}"' in text, f"{layer_type} not in the prototxt"
-    _record({"case": c.id, "ops": _ops(graph), "runtime": runtime, "status": "exact", "max_abs_diff": worst,
-             "layers": text.count("layer {") - len(graph.inputs)})
+    if c.ops:
+        assert set(c.ops) <= set(_ops(graph)), f"case {c.id} is about {c.ops}, its graph has {_ops(graph)}"
+    if os.environ.get("TRACECAP_OP_REPORT"):
+        _record({"case": c.id, "ops": list(c.ops) if c.ops else _ops(graph), "runtime": runtime, "status": "exact",
+                 "max_abs_diff": worst, "layers": text.count("layer {") - len(graph.inputs),
+                 "layer_types": _layer_types(graph)})
     return graph
 
 

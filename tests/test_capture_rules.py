@@ -189,15 +189,29 @@ def test_tensor_from_outside_torch_is_refused_with_location():
         cap.graph
 
 
-def test_write_through_view_is_refused():
+def test_write_through_view_is_followed():
+    """y[:, :1].relu_() changes y where the view lies: y gets a new version, setitem(y, view)."""
     def forward(x):
         y = x * 1
         y[:, :1].relu_()   # mutates y through a view
         return y + 1
     x = torch.randn(2, 3)
-    with tracecap.capture() as cap:
+    with torch.no_grad(), tracecap.capture() as cap:
         forward(x)
-    with pytest.raises(tracecap.CaptureError, match="modified in place"):
+    assert [n.op for n in cap.graph.nodes] == ["mul", "getitem", "relu", "setitem", "add"]
+    assert torch.equal(replay.run(cap.graph, x)[0], forward(x))
+
+
+def test_write_through_a_transposed_view_is_refused_where_read():
+    def forward(x):
+        y = x * 1
+        y.t()[:1].relu_()  # a column of y: no slice of the view chain tracecap saw
+        return y + 1
+    x = torch.randn(2, 3)
+    with torch.no_grad(), tracecap.capture() as cap:
+        forward(x)
+    with pytest.raises(tracecap.CaptureError, match=r"op `add` .* reads `mul`, which was changed by op `relu_` "
+                                                     r".*test_capture_rules.py:\d+ through a view that is no slice"):
         cap.graph
 
 

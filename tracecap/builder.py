@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from tracecap import ops as opslib
+from tracecap import views
 from tracecap.errors import CaptureError
 from tracecap.graph import Blob, Graph, Quantization, has_containers, map_structure
 from tracecap.recorder import _version
@@ -64,6 +65,9 @@ class Builder:
         self.version = {}      # id(tensor) -> its _version when last bound (None: unknown, not checked)
         self.holders = {}      # id(Blob) -> ids of the tensor objects bound to it (aliases share a blob)
         self.aliases = {}      # alias key -> Blob
+        self.sharing = {}      # id(base tensor) -> it and its views (to follow writes through views)
+        self.bound = {}        # id(tensor) -> the tensor, for every tensor bound to a blob
+        self.unfollowable = {}  # id(tensor) -> why a write through a view left its value unknown
         self.escapes = []      # (op, source) of calls that turned data into Python values
         self.inference_warned = False
         self.explicit_inputs = inputs
@@ -93,11 +97,18 @@ class Builder:
     # ---- blobs --------------------------------------------------------------------------
     def _bind_blob(self, t, blob, version):
         self.current[id(t)] = blob
+        self.bound[id(t)] = t
+        if self.unfollowable:
+            self.unfollowable.pop(id(t), None)
         self.version[id(t)] = version
         self.holders.setdefault(id(blob), []).append(id(t))
         key = _alias_key(t)
         if key is not None:
             self.aliases.setdefault(key, blob)
+        base = t._base
+        if base is not None:  # views share storage with their base (torch keeps the root there)
+            family = self.sharing.setdefault(id(base), {id(base): base})
+            family[id(t)] = t
 
     def _new_source(self, t, kind, name):
         blob = self.g.add_blob(name, kind, tuple(t.shape), t.dtype, value=t if kind != "input" else None,
@@ -147,11 +158,7 @@ class Builder:
             self.g.warnings.append("captured under torch.inference_mode(): tensors carry no version counter, so "
                                    "in-place writes are recognised by name only and writes through views cannot "
                                    "be detected; prefer torch.no_grad()")
-        if "out" in ev.kwargs:
-            return [i for i, t in enumerate(ev.inputs) if t is ev.kwargs["out"]]
-        if inplace_name or params.get("inplace") is True or op == "setitem":
-            return [0] if ev.inputs else []
-        return []
+        return _named_writes(ev, op, inplace_name, params)
 
     def _known_constant(self, t):
         blob = self.current.get(id(t))
@@ -172,6 +179,8 @@ class Builder:
             written = self._written_by_name(ev, op, inplace_name, params)
         else:
             written = [i for i, (a, b) in enumerate(zip(ev.in_versions, ev.after_versions)) if a != b]
+            if len(written) > 1:  # views of one tensor share a version counter: ``a.add_(b)`` bumps b too
+                written = [i for i in written if i in _named_writes(ev, op, inplace_name, params)] or written
         if not ev.outputs and not written:
             if raw in opslib.ESCAPES and any(not self._known_constant(t) for t in ev.inputs):
                 self.escapes.append((raw, ev.source))
@@ -181,13 +190,15 @@ class Builder:
         lookup = {id(t): self.current[id(t)] for t in ev.inputs}
         params = opslib.normalize(op, swap, _sub(params, lookup),
                                   input_ndim=ev.inputs[0].dim() if ev.inputs else None)
-        constant = all(b.is_constant for b in bottoms)
+        constant = all(b.is_constant for b in (_value_operands(op, params, bottoms) if op in opslib.SHAPE_ONLY_ARGS
+                                                else bottoms))
         if op in opslib.ALIAS_OPS and not written and len(ev.outputs) == 1 and id(ev.outputs[0]) not in self.current:
             # x.data / x.detach(): the same values under another tensor object - one blob for both,
             # so a later in-place write through either is seen by readers of the other
             self._bind_blob(ev.outputs[0], lookup[id(ev.inputs[0])], ev.out_info[0][2])
             return
-        tops = self._tops(ev, written, constant)
+        fills = _fill_values(op, params, ev) if constant else None
+        tops = self._tops(ev, written, constant, fills)
         real_tops = [t for t in tops if t is not None]
         if not real_tops:
             return  # a pure pass-through: nothing new to record
@@ -197,6 +208,7 @@ class Builder:
                 b.meta["label"] = ev_label(ev)
                 if self.escapes:
                     b.meta["after_escape"] = self.escapes[-1]
+            self._follow_views(ev, written)
             return
         self._refuse_escaped_constants(ev, bottoms)
         meta = {"scope": ev.scope, "module": ev.module, "call": ev.call, "source": ev.source, "raw_op": raw,
@@ -206,17 +218,21 @@ class Builder:
         self.g.create_node(ev_label(ev), op, params, target=ev.func,
                            args=_sub(ev.args, lookup), kwargs=_sub(ev.kwargs, lookup),
                            tops=real_tops, meta=meta)
+        self._follow_views(ev, written)
 
     def _bottoms(self, ev, params):
         """The blobs an event reads, classifying tensors seen for the first time; refuses stale reads."""
         bottoms = []
         for t, now in zip(ev.inputs, ev.in_versions):
             blob = self.current.get(id(t))
+            if self.unfollowable and id(t) in self.unfollowable:
+                raise CaptureError(f"{describe(ev)} reads `{blob.name}`, which {self.unfollowable[id(t)]}")
             if blob is None:
                 blob = self._source_for(t, _slot_of(params, t), ev)
             else:
                 seen = self.version.get(id(t))
-                if seen is not None and now is not None and now != seen and not blob.is_constant:
+                if (seen is not None and now is not None and now != seen and not blob.is_constant
+                        and not self._explained_by_set(t, now - seen)):
                     raise CaptureError(
                         f"{describe(ev)} reads `{blob.name}` after it was modified in place by code tracecap could "
                         f"not follow (typically a write through a view, like `x[:, :2] += 1` or "
@@ -226,7 +242,7 @@ class Builder:
                 bottoms.append(blob)
         return bottoms
 
-    def _tops(self, ev, written, constant):
+    def _tops(self, ev, written, constant, fills=None):
         """New blobs (or versions) for what an event returned or wrote; None marks a returned input."""
         tops, out_ids = [], set()
         written_ids = {id(ev.inputs[i]) for i in written}
@@ -241,7 +257,7 @@ class Builder:
                 # made at block level and handed to a call, e.g. model(torch.randn(1, 3, 224, 224)): an input
                 self._new_source(t, "input", self.outer_args[id(t)])
                 continue
-            value = ev.values[k] if ev.values is not None else t
+            value = fills[k] if fills is not None else (ev.values[k] if ev.values is not None else t)
             tops.append(self._write(old, t, shape, dtype, value, constant, ver, ev))
         for i in written:  # written in place but not returned (setitem, out=, copy_ ...)
             t = ev.inputs[i]
@@ -249,6 +265,93 @@ class Builder:
                 tops.append(self._write(self.current[id(t)], t, tuple(t.shape), t.dtype, t, constant,
                                         ev.after_versions[i], ev))
         return tops
+
+    # ---- writes through views and rebinding ---------------------------------------------
+    def _explained_by_set(self, t, bumps):
+        """Did ``set_()`` on views of t's base cause t's unexplained version bumps? ``x1.set_()`` (RevNet
+        code frees memory so) rebinds x1 only and writes nothing, but bumps the version counter it shares
+        with its base and the other views, and torch does not surface it as an op. Each such view is
+        now of another shape than recorded; at least ``bumps`` of them must be, or the bump is a write."""
+        root = t._base if t._base is not None else t
+        rebound = sum(1 for tid, u in self.bound.items()
+                      if u is not t and (u is root or u._base is root) and tid in self.current
+                      and self.current[tid].shape is not None and tuple(u.shape) != self.current[tid].shape)
+        return rebound >= bumps
+
+    def _follow_views(self, ev, written):
+        """After ``ev`` wrote tensors in place, give every other tensor on the same storage the value it
+        now has: a disjoint view keeps its blob, a view inside the write is a slice of the new value,
+        a tensor containing the write gets it through ``setitem`` (``x[:, :c] = x1``)."""
+        for i in written:
+            w = ev.inputs[i]
+            peers = self.sharing.get(id(w._base if w._base is not None else w), {})
+            lay_w = views.layout(w) if len(peers) > 1 else None
+            if lay_w is not None:
+                self._update_peers(ev, w, lay_w, [t for tid, t in peers.items() if tid != id(w)])
+
+    def _update_peers(self, ev, w, lay_w, peers):
+        new_w = self.current[id(w)]
+        pending = []
+        for t in peers:
+            blob = self.current.get(id(t))
+            lay = views.layout(t)
+            if blob is None or blob is new_w or lay is None or lay.storage != lay_w.storage:
+                continue
+            if blob.is_constant and new_w.is_constant:
+                continue  # constants written by constants stay what they were (no graph to follow)
+            if not views.overlaps(lay, lay_w):
+                self.version[id(t)] = None  # its version counter moved with the write; its values did not
+                continue
+            pending.append((t, lay))
+        updated = [(lay_w, new_w)]
+        while pending:
+            made = None
+            for k, (t, lay) in enumerate(pending):
+                made = self._derive_peer(ev, t, lay, updated, lay_w)
+                if made is not None:
+                    updated.append((lay, made))
+                    del pending[k]
+                    break
+            if made is None:
+                break
+        for t, lay in pending:
+            self.version[id(t)] = None
+            self.unfollowable[id(t)] = (f"was changed by {describe(ev)} through a view that is no slice of it "
+                                        f"(a transposed or overlapping view); a static graph cannot express "
+                                        f"that - write the result to a new tensor instead")
+
+    def _derive_peer(self, ev, t, lay, updated, lay_w):
+        old = self.current[id(t)]
+        if any(old is u for _, u in updated):
+            return old  # an alias of a tensor already brought up to date
+        for lay_u, new_u in updated:
+            index = views.index_within(lay_u, lay)
+            if index is not None:
+                return self._derived(ev, t, old, "getitem", {"input": new_u, "index": index})
+            if views.same_elements(lay_u, lay):
+                return self._derived(ev, t, old, "reshape", {"input": new_u, "shape": lay.shape})
+            index = views.index_within(lay, lay_u)
+            if index is not None and views.covered_by(lay_w, lay_u, lay):
+                return self._derived(ev, t, old, "setitem", {"input": old, "index": index, "value": new_u})
+        return None
+
+    def _derived(self, ev, t, old, op, params):
+        """A new version of ``t`` computed by ``op`` (a node, or a constant when its inputs are)."""
+        inputs = [b for b in params.values() if isinstance(b, Blob)]
+        constant = all(b.is_constant for b in inputs)
+        value = None
+        if constant:
+            from tracecap.ops.reference import IMPL
+            value = IMPL[op]({k: v.value if isinstance(v, Blob) else v for k, v in params.items()}).clone()
+        blob = self._version_blob(old, t, tuple(t.shape), t.dtype, value, constant, ev_label(ev))
+        if not constant:
+            meta = {"scope": ev.scope, "module": ev.module, "call": ev.call, "source": ev.source, "raw_op": op,
+                    "inplace": False, "shapes_in": [tuple(b.shape or ()) for b in inputs],
+                    "passthrough_outputs": [], "follows_write_of": opslib.raw_name(ev.func)}
+            self.g.create_node(ev_label(ev), op, params, tops=[blob], meta=meta)
+        self._bind_blob(t, blob, None)
+        self._advance_aliases(old, blob, t)
+        return blob
 
     def _write(self, old, t, shape, dtype, value, constant, version, ev):
         blob = self._version_blob(old, t, shape, dtype, value, constant, ev_label(ev))
@@ -295,6 +398,7 @@ class Builder:
         if self.explicit_outputs is not None:
             found = _flat_with_paths("", self.explicit_outputs, [])
             for path, t in found:
+                self._check_followed(t, f"output {path or 0!r}")
                 blob = self.current.get(id(t)) or self.aliases.get(_alias_key(t))
                 if blob is None:
                     raise CaptureError(f"output {path or 0!r} (shape {list(t.shape)}) was not produced by any "
@@ -304,6 +408,7 @@ class Builder:
         done = [c for c in self.rec.outer_calls if c.done]
         for call in done:
             for _, t in _flat_with_paths("", call.result, []):
+                self._check_followed(t, f"the result of `{call.frame_name}(...)`")
                 blob = self.current.get(id(t))
                 if blob is not None and not blob.users and not blob.is_constant and blob not in self.g.outputs:
                     self.g.outputs.append(blob)
@@ -321,6 +426,10 @@ class Builder:
                                "empty, or were all tensors made inside it from constants?). Pass tensors created "
                                "before the block, or name them with cap.build(inputs=..., outputs=...).")
 
+    def _check_followed(self, t, what):
+        if id(t) in self.unfollowable:
+            raise CaptureError(f"{what} {self.unfollowable[id(t)]}")
+
     def _check_inputs(self):
         if not self.g.inputs and self.g.nodes:
             first = self.g.nodes[0]
@@ -328,6 +437,36 @@ class Builder:
                 f"no graph input found: no recorded op read a tensor passed to a call in the capture block "
                 f"(first op: {first.where()}). Call the model directly inside `with capture():`, "
                 f"or pass the input tensors with cap.build(inputs=...).")
+
+
+def _named_writes(ev, op, inplace_name, params):
+    """The inputs an op writes by what its call says (``relu_``, ``__iadd__``, ``inplace=True``, ``out=``)."""
+    if "out" in ev.kwargs:
+        return [i for i, t in enumerate(ev.inputs) if t is ev.kwargs["out"]]
+    if inplace_name or params.get("inplace") is True or op == "setitem":
+        return [0] if ev.inputs else []
+    return []
+
+
+def _value_operands(op, params, bottoms):
+    """The blobs whose values ``op`` reads (``SHAPE_ONLY_ARGS`` names those read for shape/dtype only)."""
+    names = opslib.SHAPE_ONLY_ARGS.get(op)
+    if not names:
+        return bottoms
+    shape_only = {id(params.get(n)) for n in names if isinstance(params.get(n), Blob)}
+    return [b for b in bottoms if id(b) not in shape_only]
+
+
+def _fill_values(op, params, ev):
+    """Fresh values of a fill (``zeros_like``, ``x.fill_(1)``): the tensor itself may be written later."""
+    fill = opslib.FILLS.get(op)
+    if isinstance(fill, str):
+        fill = params.get(fill)
+        if isinstance(fill, Blob):
+            fill = fill.value.item() if fill.value is not None and fill.value.numel() == 1 else None
+    if fill is None or not ev.outputs:
+        return None
+    return [torch.full(tuple(shape), fill, dtype=dtype) for shape, dtype, _ in ev.out_info]
 
 
 def ev_label(ev):

@@ -11,7 +11,7 @@ from tracecap.mappers.caffe import layers as _layers  # noqa: F401  (registers t
 from tracecap.mappers.caffe import netspec, writer
 from tracecap.mappers.caffe.proto import DIALECTS
 from tracecap.mappers.caffe.registry import MAPPERS, Context, Unsupported, caffe_name
-from tracecap.mappers.caffe.runtime_quirks import keep_powers_apart
+from tracecap.mappers.caffe.runtime_quirks import keep_fusions_apart
 
 __all__ = ["to_net", "to_layers", "save", "supported_ops", "graph_blobs_of", "caffe_name", "DIALECTS"]
 
@@ -37,6 +37,11 @@ def to_layers(graph, dialect="bvlc"):
     layers, refusals = [], []
     for node in graph.nodes:
         fn = MAPPERS.get(node.op)
+        empty = [t for t in node.tops + node.bottoms if not t.is_constant and t.shape is not None and 0 in t.shape]
+        if empty:
+            refusals.append((node, f"empty tensor {empty[0].name} of shape {tuple(empty[0].shape)}: a Caffe blob "
+                                   f"has at least one element"))
+            continue
         if fn is None:
             refusals.append((node, f"no Caffe mapping for `{node.op}`"))
             continue
@@ -54,7 +59,7 @@ def to_layers(graph, dialect="bvlc"):
         raise UnsupportedOpError(
             f"{len(problems)} op(s) cannot be converted to Caffe ({dialect} dialect):\n  - " + "\n  - ".join(problems),
             problems, refusals)
-    return keep_powers_apart(layers)
+    return keep_fusions_apart(layers)
 
 
 def _check_tops_written(node, layers):
@@ -83,6 +88,11 @@ def _build(graph, dialect, name, with_blobs, layers=None):
         if blob.shape is None or len(blob.shape) == 0:
             raise MappingError(f"graph input {blob.name} has no shape")
         inputs[caffe_name(blob)] = tuple(blob.shape)
+    read = {b for layer in layers for b in layer.bottoms}
+    unused = [n for n in inputs if n not in read]
+    if unused and "Silence" in netspec.layer_types(dialect):
+        # an input read for its shape only (``a.expand_as(b)``): OpenCV refuses a net with an unread input
+        layers = layers + [netspec.Layer("Silence", "unused_inputs/silence", unused, [])]
     try:
         return netspec.to_net(layers, name=name, inputs=inputs, dialect=dialect, with_blobs=with_blobs)
     except MappingError as exc:

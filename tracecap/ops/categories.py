@@ -32,6 +32,18 @@ RESHAPE_OPS = frozenset({"view", "reshape", "flatten", "view_as", "reshape_as"})
 # The float -> integer and integer -> float boundaries of a quantized model (torch.ao.quantization).
 QUANTIZE_OPS = frozenset({"quantize_per_tensor", "quantize_per_channel"})
 DEQUANTIZE_OPS = frozenset({"dequantize"})
+# Ops whose result depends on these operands' shape and dtype only, never on their values
+# (``zeros_like(x)``, ``x.new_zeros(n)``, ``x.fill_(0)``, ``c.expand_as(x)``): with every other
+# operand constant, the result is a constant - the graph is specialised to the traced shapes anyway.
+SHAPE_ONLY_ARGS = {
+    "zeros_like": ("input",), "ones_like": ("input",), "full_like": ("input",),
+    "new_zeros": ("input",), "new_ones": ("input",), "new_full": ("input",),
+    "zero": ("input",), "fill": ("input",),
+    "expand_as": ("other",), "view_as": ("other",), "reshape_as": ("other",), "type_as": ("other",),
+}
+# The fills among them: op -> the value (a number, or the name of the parameter holding it).
+FILLS = {"zeros_like": 0, "ones_like": 1, "full_like": "fill_value", "new_zeros": 0, "new_ones": 1,
+         "new_full": "fill_value", "zero": 0, "fill": "value"}
 
 # Parameter names whose tensors are weights, never graph inputs.
 WEIGHT_SLOTS = frozenset({"weight", "bias", "running_mean", "running_var"})

@@ -29,6 +29,7 @@ _ALIASES = {
     "adaptive_max_pool2d_with_indices": ("adaptive_max_pool2d", False),
     "upsample": ("interpolate", False), "upsample_nearest": ("interpolate", False),
     "upsample_bilinear": ("interpolate", False), "hardsigmoid_": ("hardsigmoid", False),
+    "broadcast_to": ("expand", False),
 }
 
 

@@ -37,6 +37,12 @@ def _quantized_kernel(qualified, names):
     return impl
 
 
+def _setitem(x, index, value):
+    out = x.clone()
+    out[index] = value
+    return out
+
+
 IMPL = {
     "conv1d": lambda p: F.conv1d(p["input"], p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]),
     "conv2d": lambda p: F.conv2d(p["input"], p["weight"], p["bias"], p["stride"], p["padding"], p["dilation"], p["groups"]),
@@ -142,6 +148,19 @@ IMPL = {
        for op in ("quantized::add", "quantized::add_relu", "quantized::mul", "quantized::mul_relu")},
     **{op: _quantized_kernel(op, ("tensors", "dim", "scale", "zero_point"))
        for op in ("quantized::cat", "quantized::cat_relu")},
+    "setitem": lambda p: _setitem(p["input"], p["index"], p["value"]),
+    "copy": lambda p: p["input"].clone().copy_(p["src"]),
+    "minimum": lambda p: torch.minimum(p["input"], p["other"]),
+    "maximum": lambda p: torch.maximum(p["input"], p["other"]),
+    "expand_as": lambda p: p["input"].expand_as(p["other"]),
+    "tile": lambda p: torch.tile(p["input"], p["dims"]),
+    "index_select": lambda p: torch.index_select(p["input"], p["dim"], p["index"]),
+    "flip": lambda p: torch.flip(p["input"], p["dims"]),
+    "fliplr": lambda p: torch.fliplr(p["input"]),
+    "flipud": lambda p: torch.flipud(p["input"]),
+    "roll": lambda p: torch.roll(p["input"], p["shifts"], p["dims"]),
+    "select": lambda p: torch.select(p["input"], p["dim"], p["index"]),
+    "narrow": lambda p: torch.narrow(p["input"], p["dim"], p["start"], p["length"]),
 }
 
 

@@ -138,6 +138,22 @@ _SIGNATURES = {
     "quantized::mul_relu": "input, other, scale, zero_point",
     "quantized::cat": "tensors, dim, scale=None, zero_point=None",
     "quantized::cat_relu": "tensors, dim, scale=None, zero_point=None",
+    "zeros_like": "input",
+    "ones_like": "input",
+    "full_like": "input, fill_value",
+    "new_zeros": "input, *size",
+    "new_ones": "input, *size",
+    "new_full": "input, size, fill_value",
+    "zero": "input",
+    "fill": "input, value",
+    "copy": "input, src, non_blocking=False",
+    "index_select": "input, dim, index",
+    "flip": "input, *dims",
+    "fliplr": "input",
+    "flipud": "input",
+    "roll": "input, shifts, dims=None",
+    "tile": "input, *dims",
+    "select": "input, dim, index",
 }
 
 def _parse(sig):

@@ -6,5 +6,5 @@ AVE divisor, broadcasting) it emits an exact construction - shared ones live in
 ``constructions`` - or raises ``Unsupported`` with the reason, never an approximate layer.
 """
 from tracecap.mappers.caffe.layers import (  # noqa: F401  (imported for their registrations)
-    activation, conv, eltwise, math, norm, pad, pool, pool3d, quantized, reduce, resample, shape,
+    activation, conv, eltwise, math, norm, pad, pool, pool3d, quantized, reduce, resample, select, shape,
 )

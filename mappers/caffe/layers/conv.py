@@ -10,6 +10,8 @@ from tracecap.mappers.caffe.registry import pair, register
 def conv2d(node, ctx):
     p = node.params
     weight = ctx.array(p["weight"])
+    if len(ctx.in_shape()) != 4:
+        ctx.unsupported(f"{node.op} of a {len(ctx.in_shape())}-D tensor; the Caffe layer takes N×C×H×W")
     if weight.ndim != 4:
         ctx.unsupported(f"weight of shape {weight.shape} is not 4-D")
     kh, kw = weight.shape[2:]
@@ -37,6 +39,8 @@ def conv2d(node, ctx):
 def conv_transpose2d(node, ctx):
     """Deconvolution; output_padding = the full (pad 0) output cropped to PyTorch's window by Slices."""
     p = node.params
+    if len(ctx.in_shape()) != 4:
+        ctx.unsupported(f"{node.op} of a {len(ctx.in_shape())}-D tensor; the Caffe layer takes N×C×H×W")
     weight = ctx.array(p["weight"])  # (in, out/groups, kh, kw) - the same layout Caffe's Deconvolution uses
     groups = int(p["groups"])
     dil = pair(p["dilation"], "dilation")

@@ -1,18 +1,38 @@
-"""Shape ops: reshape/flatten, permute/transpose, pixel shuffle, slicing, split and concat."""
+"""Shape ops: reshape/flatten, permute/transpose, pixel shuffle, split and concat.
+
+Indexing, gathers, repeats and writes into slices (getitem, setitem, expand, repeat, flip ...)
+live in ``layers/select.py``.
+"""
 from __future__ import annotations
 
 import numpy as np
 
-from tracecap.graph import Blob
-from tracecap.mappers.caffe.constructions import reshape_layer, prod, permute_layer, crop, silence_unused
+from tracecap.mappers.caffe.constructions import (
+    constant_over, is_activation, reshape_layer, prod, permute_layer, shape_of, silence_unused,
+)
 from tracecap.mappers.caffe.registry import norm_axis, register
 
 
 @register("cat")
 def cat(node, ctx):
-    tensors = node.params["tensors"]
+    """Concat; a constant piece (``torch.cat([x, torch.zeros_like(x)], 1)``, a zero-started state) is
+    laid over an activation piece by ``constant_over``."""
+    tensors = list(node.params["tensors"])
     axis = norm_axis(node.params["dim"], len(ctx.out_shape()))
-    return [ctx.layer("Concat", [ctx.bottom(t) for t in tensors], params={"axis": axis})]
+    template = next((t for t in tensors if is_activation(t)), None)
+    if template is None:
+        ctx.unsupported("cat of constants only")
+    layers, bottoms = [], []
+    for t in tensors:
+        if is_activation(t):
+            bottoms.append(ctx.bottom(t))
+            continue
+        if shape_of(t) and 0 in shape_of(t):
+            continue  # torch.cat skips empty pieces
+        name = ctx.tmp("constant")
+        layers += constant_over(ctx, ctx.array(t), shape_of(t), ctx.bottom(template), shape_of(template), name)
+        bottoms.append(name)
+    return layers + [ctx.layer("Concat", bottoms, params={"axis": axis})]
 
 
 @register("view", "reshape", "flatten", "squeeze", "unsqueeze", "view_as", "reshape_as")
@@ -46,50 +66,14 @@ def transpose(node, ctx):
 
 @register("pixel_shuffle")
 def pixel_shuffle(node, ctx):
+    if len(ctx.in_shape()) != 4:
+        ctx.unsupported(f"{node.op} of a {len(ctx.in_shape())}-D tensor; the Caffe layer takes N×C×H×W")
     n, c, h, w = ctx.in_shape()
     r = int(node.params["upscale_factor"])
     a, b = ctx.tmp("split"), ctx.tmp("permute")
     return [reshape_layer(ctx, ctx.bottom(node.params["input"]), (n, c // (r * r), r, r, h, w), top=a),
             permute_layer(ctx, a, (0, 1, 4, 2, 5, 3), top=b),
             reshape_layer(ctx, b, (n, c // (r * r), h * r, w * r), top=ctx.top)]
-
-
-@register("getitem")
-def getitem(node, ctx):
-    shape = ctx.in_shape()
-    index = node.params["index"]
-    index = index if isinstance(index, tuple) else (index,)
-    if any(isinstance(i, Blob) or (not isinstance(i, (int, slice)) and i is not Ellipsis and i is not None)
-           for i in index):
-        ctx.unsupported("indexing with tensors, lists or booleans (only slices, ints, None and ...)")
-    if index.count(Ellipsis) > 1:
-        ctx.unsupported("more than one Ellipsis")
-    used = sum(1 for i in index if i is not None and i is not Ellipsis)
-    if Ellipsis in index:
-        k = index.index(Ellipsis)
-        index = index[:k] + (slice(None),) * (len(shape) - used) + index[k + 1:]
-    cuts = []  # (axis, start, stop)
-    axis = 0
-    for i in index:
-        if i is None:
-            continue
-        size = shape[axis]
-        if isinstance(i, int):
-            start = i + size if i < 0 else i
-            cuts.append((axis, start, start + 1))
-        else:
-            start, stop, step = i.indices(size)
-            if step != 1:
-                ctx.unsupported(f"slicing with step {step}")
-            if (start, stop) != (0, size):
-                cuts.append((axis, start, stop))
-        axis += 1
-    if not any(isinstance(i, int) or i is None for i in index) and cuts:
-        return crop(ctx, ctx.bottom(node.params["input"]), shape, cuts, ctx.top)
-    part = ctx.tmp("part")
-    layers = crop(ctx, ctx.bottom(node.params["input"]), shape, cuts, part) if cuts else []
-    source = part if cuts else ctx.bottom(node.params["input"])
-    return layers + [reshape_layer(ctx, source, ctx.out_shape(), top=ctx.top)]
 
 
 @register("chunk", "split")
