@@ -1,9 +1,11 @@
-"""DenseNet-121 (DenseNet-BC, growth 32) with a configurable ``block_config``.
+"""DenseNet-121/169/201/161 (DenseNet-BC) as the 2017 torchvision zoo wrote them.
 
 Dense layers subclass ``nn.Sequential`` and append their output to their
 input with ``torch.cat([x, new_features], 1)``.  The pre-0.4 zoo named the
 sub-modules ``'norm.1'``, ``'conv.1'`` ...; current PyTorch rejects dots in
-module names, so they are ``norm1`` / ``relu1`` / ``conv1`` here.
+module names, so they are ``norm1`` / ``relu1`` / ``conv1`` here, and the
+published files' ``...denselayer1.norm.1.weight`` keys load through
+``tracecap.fix_state_dict`` (which renames them, saying so).
 Transitions halve the channels and pool with ``AvgPool2d(2, stride=2)``; the
 head is ``F.relu`` + ``F.avg_pool2d(out, kernel_size=7)`` + ``view``.  Input
 3x224x224 for any ``block_config`` (the spatial schedule does not depend on
@@ -108,3 +110,24 @@ def densenet121(num_classes=1000, block_config=(6, 12, 24, 16),
     return DenseNet(growth_rate=growth_rate, block_config=tuple(block_config),
                     num_init_features=num_init_features, drop_rate=drop_rate,
                     num_classes=num_classes)
+
+
+def densenet169(num_classes=1000, drop_rate=0):
+    """DenseNet-169 for 224x224 input (about 14.1M parameters)."""
+    return DenseNet(block_config=(6, 12, 32, 32), drop_rate=drop_rate, num_classes=num_classes)
+
+
+def densenet201(num_classes=1000, drop_rate=0):
+    """DenseNet-201 for 224x224 input (about 20.0M parameters)."""
+    return DenseNet(block_config=(6, 12, 48, 32), drop_rate=drop_rate, num_classes=num_classes)
+
+
+def densenet161(num_classes=1000, drop_rate=0):
+    """DenseNet-161 (growth 48, 96-channel stem) for 224x224 input (about 28.7M parameters)."""
+    return DenseNet(growth_rate=48, block_config=(6, 12, 36, 24), num_init_features=96,
+                    drop_rate=drop_rate, num_classes=num_classes)
+
+
+def densenet121_reduced(num_classes=1000):
+    """DenseNet-121's layout with two dense layers per block: a quick variant."""
+    return DenseNet(block_config=(2, 2, 2, 2), num_classes=num_classes)

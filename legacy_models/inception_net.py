@@ -12,16 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-class BasicConv2d(nn.Module):
-
-    def __init__(self, in_channels, out_channels, **kwargs):
-        super(BasicConv2d, self).__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
-        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
-
-    def forward(self, x):
-        return F.relu(self.bn(self.conv(x)), inplace=True)
+from .inception_v3 import BasicConv2d
 
 
 class InceptionV1Block(nn.Module):

@@ -1,4 +1,4 @@
-"""ResNet-18 and ResNet-50 as the 2017 zoos wrote them.
+"""ResNet-18/34/50/101/152 as the 2017 torchvision zoo wrote them.
 
 Residual blocks add their shortcut in place (``out += residual``) and share
 one ``nn.ReLU(inplace=True)``; a shortcut that changes shape is a 1x1 conv +
@@ -107,6 +107,21 @@ def resnet18(num_classes=1000, layers=(2, 2, 2, 2)):
     return ResNet(BasicBlock, tuple(layers), num_classes=num_classes)
 
 
+def resnet34(num_classes=1000, layers=(3, 4, 6, 3)):
+    """ResNet-34 (BasicBlock) for 224x224 input."""
+    return ResNet(BasicBlock, tuple(layers), num_classes=num_classes)
+
+
 def resnet50(num_classes=1000, layers=(3, 4, 6, 3)):
     """ResNet-50 (Bottleneck) for 224x224 input."""
+    return ResNet(Bottleneck, tuple(layers), num_classes=num_classes)
+
+
+def resnet101(num_classes=1000, layers=(3, 4, 23, 3)):
+    """ResNet-101 (Bottleneck) for 224x224 input."""
+    return ResNet(Bottleneck, tuple(layers), num_classes=num_classes)
+
+
+def resnet152(num_classes=1000, layers=(3, 8, 36, 3)):
+    """ResNet-152 (Bottleneck) for 224x224 input."""
     return ResNet(Bottleneck, tuple(layers), num_classes=num_classes)

@@ -1,10 +1,11 @@
-"""SqueezeNet v1.1.
+"""SqueezeNet 1.0 and 1.1, in the 2017 torchvision layout.
 
 Fire modules: a 1x1 "squeeze" conv followed by parallel 1x1 and 3x3 "expand"
 convs joined with ``torch.cat([...], 1)``.  Max pooling uses
 ``ceil_mode=True`` (Caffe rounding).  The head is Dropout -> 1x1 conv ->
-ReLU -> ``AvgPool2d(13)`` -> ``view``.  Input 3x224x224
-(spatial 111 -> 55 -> 27 -> 13).
+ReLU -> ``AvgPool2d(13)`` -> ``view``.  Input 3x224x224 (1.0: 7x7/2 stem,
+spatial 109 -> 54 -> 27 -> 13; 1.1: 3x3/2 stem, 111 -> 55 -> 27 -> 13).
+``features.N`` / ``classifier.1`` indices are those of the published files.
 """
 import torch
 import torch.nn as nn
@@ -32,17 +33,24 @@ def _pool():
     return nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True)
 
 
+# version -> (stem conv (channels, kernel), trunk after the first pooling:
+# (squeeze, expand) per Fire, expand used for both branches, or 'pool')
+VERSIONS = {
+    '1_0': ((96, 7), [(16, 64), (16, 64), (32, 128), 'pool', (32, 128), (48, 192),
+                      (48, 192), (64, 256), 'pool', (64, 256)]),
+    '1_1': ((64, 3), [(16, 64), (16, 64), 'pool', (32, 128), (32, 128), 'pool',
+                      (48, 192), (48, 192), (64, 256), (64, 256)]),
+}
+
+
 class SqueezeNet(nn.Module):
 
-    def __init__(self, num_classes=1000):
+    def __init__(self, version='1_1', num_classes=1000):
         super(SqueezeNet, self).__init__()
         self.num_classes = num_classes
-        # (squeeze, expand) per Fire; expand is used for both branches
-        fires = [(16, 64), (16, 64), 'pool', (32, 128), (32, 128), 'pool',
-                 (48, 192), (48, 192), (64, 256), (64, 256)]
-        trunk = [nn.Conv2d(3, 64, kernel_size=3, stride=2),
+        (channels, kernel), fires = VERSIONS[version]
+        trunk = [nn.Conv2d(3, channels, kernel_size=kernel, stride=2),
                  nn.ReLU(inplace=True), _pool()]
-        channels = 64
         for spec in fires:
             if spec == 'pool':
                 trunk.append(_pool())
@@ -63,6 +71,11 @@ class SqueezeNet(nn.Module):
         return x.view(x.size(0), self.num_classes)
 
 
+def squeezenet1_0(num_classes=1000):
+    """SqueezeNet 1.0 for 224x224 input (about 1.2M parameters)."""
+    return SqueezeNet('1_0', num_classes=num_classes)
+
+
 def squeezenet1_1(num_classes=1000):
     """SqueezeNet 1.1 for 224x224 input (about 1.2M parameters)."""
-    return SqueezeNet(num_classes=num_classes)
+    return SqueezeNet('1_1', num_classes=num_classes)

@@ -44,7 +44,10 @@ def tensor_class(dtype):
 def raw_bytes(t: torch.Tensor, big_endian: bool) -> bytes:
     """All bytes of ``t``'s storage, optionally byte-swapped per element (complex: per half)."""
     st = t.untyped_storage()
-    data = np.frombuffer(bytes(st), dtype=np.uint8) if st.nbytes() else np.zeros(0, np.uint8)
+    # the storage's bytes through a uint8 view (bytes(st) walks it element by element: minutes
+    # for a 100 MB model)
+    whole = torch.empty(0, dtype=torch.uint8).set_(st, 0, (st.nbytes(),))
+    data = whole.numpy().copy() if st.nbytes() else np.zeros(0, np.uint8)
     size = t.element_size()
     unit = size // 2 if t.is_complex() else size
     if big_endian and unit > 1:

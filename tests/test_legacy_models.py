@@ -16,14 +16,32 @@ pytestmark = [
     pytest.mark.filterwarnings('ignore:.*deprecated.*:FutureWarning'),
 ]
 
-# Size-reduced variants for the per-model checks (same topology, less work).
+# Size-reduced variants for the per-model checks (same topology, less work);
+# tests/test_caffe_models.py runs every model at full size.
 SMALL = {
     'alexnet': {},
+    'vgg11': {'width': 0.25},
+    'vgg13': {'width': 0.25},
+    'vgg16': {'width': 0.25},
+    'vgg19': {'width': 0.25},
     'vgg11_bn': {'width': 0.25},
+    'vgg13_bn': {'width': 0.25},
+    'vgg16_bn': {'width': 0.25},
+    'vgg19_bn': {'width': 0.25},
     'resnet18': {},
+    'resnet34': {'layers': (1, 1, 1, 1)},
     'resnet50': {'layers': (1, 1, 1, 1)},
+    'resnet101': {'layers': (1, 1, 2, 1)},
+    'resnet152': {'layers': (1, 2, 2, 1)},
+    'squeezenet1_0': {},
     'squeezenet1_1': {},
     'densenet121': {'block_config': (2, 2, 2, 2)},
+    'densenet169': {},
+    'densenet201': {},
+    'densenet161': {},
+    'inception_v3': {},
+    'vgg11_bn_reduced': {},
+    'densenet121_reduced': {},
     'mobilenet_v2': {'width': 0.5},
     'inception_net': {},
     'shufflenet_v2': {'width': 0.5},
@@ -40,14 +58,30 @@ EXPECTED_OUTPUT = {
 }
 
 # Parameter counts of the default (full-size) models; the published
-# architectures have exactly these counts.
+# architectures have exactly these counts (torchvision's documented ones for
+# the 2017 zoo, inception_v3 including its aux head).
 EXPECTED_PARAMS = {
     'alexnet': 61100840,
+    'vgg11': 132863336,
+    'vgg13': 133047848,
+    'vgg16': 138357544,
+    'vgg19': 143667240,
     'vgg11_bn': 132868840,
+    'vgg13_bn': 133053736,
+    'vgg16_bn': 138365992,
+    'vgg19_bn': 143678248,
     'resnet18': 11689512,
+    'resnet34': 21797672,
     'resnet50': 25557032,
+    'resnet101': 44549160,
+    'resnet152': 60192808,
+    'squeezenet1_0': 1248424,
     'squeezenet1_1': 1235496,
     'densenet121': 7978856,
+    'densenet169': 14149480,
+    'densenet201': 20013928,
+    'densenet161': 28681000,
+    'inception_v3': 27161264,
     'mobilenet_v2': 3504872,
     'shufflenet_v2': 2278604,
 }
@@ -92,13 +126,14 @@ def _check_output(name, out, expected_shape):
 
 
 def test_registry_api():
-    assert len(NAMES_SET) == len(zoo.NAMES) == 13
+    assert len(NAMES_SET) == len(zoo.NAMES) == 30
     assert set(SMALL) == NAMES_SET
     assert zoo.input_shape('resnet50') == (1, 3, 224, 224)
     assert zoo.input_shape('lenet') == (1, 3, 32, 32)
     assert zoo.input_shape('lenet', in_channels=1) == (1, 1, 32, 32)
     assert zoo.input_shape('fcn_upsample', batch=4) == (4, 3, 128, 128)
     assert zoo.input_shape('vgg11_bn', width=0.25) == (1, 3, 224, 224)
+    assert zoo.input_shape('inception_v3') == (1, 3, 299, 299)
     with pytest.raises(KeyError):
         zoo.build('resnet1001')
     with pytest.raises(KeyError):
@@ -169,8 +204,20 @@ def test_batchnorm_statistics_are_non_trivial():
         assert bn.weight.min() >= 0.5 and bn.weight.max() <= 1.5
 
 
-def test_full_size_resnet50_and_densenet121_logits_are_sane():
-    for name in ('resnet50', 'densenet121'):
+def test_reduced_variants_are_the_full_factories_with_smaller_settings():
+    with torch.device('meta'):
+        pairs = ((zoo.vgg11_bn_reduced(), zoo.vgg11_bn(width=0.25)),
+                 (zoo.densenet121_reduced(), zoo.densenet121(block_config=(2, 2, 2, 2))))
+        for reduced, direct in pairs:
+            assert type(reduced) is type(direct)
+            assert {k: v.shape for k, v in reduced.state_dict().items()} == \
+                {k: v.shape for k, v in direct.state_dict().items()}
+    assert zoo._count_parameters('vgg11_bn_reduced') < zoo._count_parameters('vgg11_bn') / 10
+
+
+def test_full_size_logits_are_sane():
+    # BN calibration at 299x299 and through 161/201-layer DenseNets
+    for name in ('resnet50', 'densenet121', 'densenet161', 'inception_v3'):
         _, out = _build_and_run(name)
         _check_output(name, out, (1, 1000))
 
