@@ -33,9 +33,14 @@ class capture:
 
     ``cap.graph`` is the cleaned graph with inputs/outputs inferred;
     ``cap.build(inputs=..., outputs=...)`` names them explicitly.
+    ``legacy="0.3"`` runs the block under ``tracecap.legacy.compat("0.3")`` (old semantics, see there).
     """
 
-    def __init__(self):
+    def __init__(self, legacy=None):
+        if legacy is not None:
+            from tracecap.legacy.compat import compat
+            legacy = compat(legacy)  # an unknown version fails here, before anything is installed
+        self._compat = legacy
         self._recorder = None
         self._mode = None
         self._graph = None
@@ -48,6 +53,8 @@ class capture:
                                "(end the outer `with tracecap.capture()` block first)")
         # Each step is undone if a later one fails (as bdb.runcall does with its tracer), so a
         # failed enter never leaves this thread marked active, a mode pushed or a tracer set.
+        if self._compat is not None:
+            self._compat.__enter__()  # first: its mode must sit below the surfacer
         _active.capture = self
         try:
             self._recorder = Recorder(sys._getframe(1))
@@ -60,6 +67,8 @@ class capture:
                 raise
         except BaseException:
             _active.capture = None
+            if self._compat is not None:
+                self._compat.__exit__(None, None, None)
             raise
         return self
 
@@ -72,6 +81,8 @@ class capture:
                 self._mode.__exit__(None, None, None)
             finally:
                 _active.capture = None
+                if self._compat is not None:
+                    self._compat.__exit__(None, None, None)
         if not intact:
             warnings.warn("tracecap: the trace function was replaced during capture (a debugger or coverage "
                           "started inside the block?); the recording may be incomplete", RuntimeWarning, stacklevel=2)

@@ -72,6 +72,10 @@ def _convert_options(parser):
     parser.add_argument("--code", metavar="FILE.py",
                         help="SPEC is a whole-module checkpoint: import the model classes from this file "
                              "of yours (it runs; nothing from the checkpoint does)")
+    parser.add_argument("--legacy", metavar="VERSION",
+                        help="run the model code with the semantics of PyTorch VERSION (0.3 = 0.1-0.3: bilinear "
+                             "upsampling, volatile, .data[0], .cuda() on CPU, Python 2 `/` sizes, `async=` and print "
+                             "statements in the file; see the README)")
     parser.add_argument("--fold-bn", action="store_true",
                         help="fold eval BatchNorm into the preceding Convolution/InnerProduct")
     parser.add_argument("--name", help="output file stem (default: the model name)")
@@ -85,7 +89,7 @@ def _run_convert(args) -> int:
 
     summary = convert(args.spec, [parse_shape(s) for s in args.input], args.outdir, dialect=args.dialect,
                       verify=args.verify, seed=args.seed, name=args.name, quiet=args.quiet, weights=args.weights,
-                      fold_bn=args.fold_bn, code=args.code)
+                      fold_bn=args.fold_bn, code=args.code, legacy=args.legacy)
     print(f"{summary['prototxt']}\n{summary['caffemodel']}")
     return 0 if all(v["ok"] for v in summary["verify"].values()) else 1
 

@@ -18,6 +18,7 @@ import warnings
 import torch
 
 from tracecap.errors import TracecapError
+from tracecap.legacy.compat import legacy_option
 
 
 class ConvertError(TracecapError):
@@ -51,8 +52,9 @@ def resolve_model(spec, code=None):
     if where.endswith(".py"):
         if not os.path.isfile(where):
             raise ConvertError(f"model file not found: {where}")
+        from tracecap.legacy.source_rewrite import ModelFileLoader  # Python 2 syntax rewritten under compat
         mod_name = "tracecap_user_" + os.path.splitext(os.path.basename(where))[0]
-        loader_spec = importlib.util.spec_from_file_location(mod_name, where)
+        loader_spec = importlib.util.spec_from_file_location(mod_name, where, loader=ModelFileLoader(mod_name, where))
         module = importlib.util.module_from_spec(loader_spec)
         sys.path.insert(0, os.path.dirname(os.path.abspath(where)))
         try:
@@ -150,9 +152,13 @@ def _verify(graph, inputs, refs, proto, caffemodel, dialect, summary, total, qui
                 print(f"      {rt}: max abs diff {worst:.3g} {'ok' if ok else 'TOO LARGE'}", file=sys.stderr)
 
 
+@legacy_option
 def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False, weights=None,
             fold_bn=False, code=None):
-    """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json)."""
+    """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json).
+
+    ``legacy="0.3"`` runs it all (loading the model file, building, the reference forward, the capture)
+    under ``tracecap.legacy.compat``."""
     from tracecap import capture
     from tracecap.mappers import caffe
 

@@ -34,6 +34,11 @@ _OWN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _STDLIB_DIRS = tuple({os.path.realpath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")})
 _SITE_MARKERS = (os.sep + "site-packages" + os.sep, os.sep + "dist-packages" + os.sep)
 
+# ids of the code of tracecap functions that call torch for the user's code that called them (the
+# replacements tracecap.legacy.compat installs, e.g. Tensor.view): what they run from a capture's
+# with-block counts as run from the block itself
+TRANSPARENT = set()
+
 # per-file verdicts: "torch"/"ours" (skip upward to the user's caller), "stdlib" (an op called from here is
 # not the user's), "user"
 _FILE_KIND = {}
@@ -212,11 +217,19 @@ class Recorder:
                 return self._on_op_call(frame)
             if code is _MODULE_CALL_CODE:
                 return self._on_module_call(frame)
-            if frame.f_back is self.block_frame and _file_kind(code.co_filename) != "ours":
+            back = frame.f_back
+            if (back is self.block_frame or back is not None and back.f_back is self.block_frame and
+                    id(back.f_code) in TRANSPARENT) and _file_kind(code.co_filename) != "ours":
                 return self._on_outer_call(frame)
         except Exception as exc:  # never let a recorder bug break the user's forward
             self.internal_errors.append(repr(exc))
         return None
+
+    def _from_block(self, frame):
+        """Called by the with-block itself (directly, or through a TRANSPARENT tracecap function)."""
+        back = frame.f_back
+        return back is self.block_frame or back is not None and back.f_back is self.block_frame and \
+            id(back.f_code) in TRANSPARENT
 
     def _user_frame(self, frame):
         """The frame an op was called from on the user's behalf: the first caller outside torch
@@ -255,7 +268,7 @@ class Recorder:
         else:
             ev.scope, ev.module, ev.call = "", None, 0
         ev.where = (user.f_code.co_filename, user.f_lineno)
-        ev.outer = frame.f_back is self.block_frame
+        ev.outer = self._from_block(frame)
         if self._lines_off:
             frame.f_trace_lines = False
         self._pending.append(ev)
