@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 from torch.autograd import Variable
 
-import tracecap
 from tracecap import cli
 from tracecap.legacy import CompatWarning, compat
 
@@ -23,8 +21,6 @@ from test_legacy_source_rewrite import load_model_file
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 LEGACY_CODE = Path(__file__).parent / "legacy_code"
-BILINEAR_PENDING = pytest.mark.xfail(strict=True, raises=tracecap.UnsupportedOpError,
-                                     reason="bilinear resize lands with the pad-resize branch")
 
 
 def _seeded(shape, seed=0):
@@ -47,7 +43,6 @@ def _converted(model, inputs, runtime, tmp_path):
     return graph, eager, worst
 
 
-@BILINEAR_PENDING
 def test_segnet_bilinear_converts_to_its_0_3_output(runtime, tmp_path):
     torch.manual_seed(0)
     net = segnet_bilinear.SegNet().eval()
@@ -64,7 +59,6 @@ def test_segnet_bilinear_converts_to_its_0_3_output(runtime, tmp_path):
     assert sum(n.op == "interpolate" for n in graph.nodes) == 3
 
 
-@BILINEAR_PENDING
 def test_always_aligned_upsampling_converts_to_the_thnn_formula(runtime, tmp_path):
     x = _seeded((1, 3, 5, 3))
     graph, eager, worst = _converted(segnet_bilinear.AlwaysAligned(), (x,), runtime, tmp_path)
