@@ -15,6 +15,9 @@ import sys
 
 MARK = "tracecap-child:"
 EXIT_REPORTED = 3
+# Caffe reads a caffemodel through protobuf with a hard-coded 512 MiB limit (io.cpp:
+# SetTotalBytesLimit(536870912)); bigger files (VGG-16/19: 553-575 MB) are loaded here instead.
+CAFFE_READ_LIMIT = 536870912
 
 
 def stage(name, detail=""):
@@ -26,6 +29,55 @@ def fail(message):
     sys.stderr.write("%s error %s\n" % (MARK, " ".join(str(message).split())))
     sys.stderr.flush()
     sys.exit(EXIT_REPORTED)
+
+
+def _varint(data, pos):
+    value = shift = 0
+    while True:
+        b = data[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def copy_large_weights(net, path, np):
+    """Copy the blobs of a caffemodel too big for Caffe's reader into ``net``, as Net::CopyTrainedLayersFrom
+    does: by layer name, blob by blob, counts checked; layers the net lacks are skipped. The file is
+    walked field by field (mmap), and only one LayerParameter is parsed at a time."""
+    import mmap
+    from caffe.proto import caffe_pb2
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        pos, end = 0, len(data)
+        while pos < end:
+            key, pos = _varint(data, pos)
+            field, wire = key >> 3, key & 7
+            if wire == 2:
+                size, pos = _varint(data, pos)
+                chunk, pos = data[pos:pos + size], pos + size
+            elif wire in (0, 1, 5):
+                pos = _varint(data, pos)[1] if wire == 0 else pos + (8 if wire == 1 else 4)
+                continue
+            else:
+                fail("%s: unexpected wire type %d at byte %d" % (path, wire, pos))
+            if field == 2:
+                fail("%s: V1 `layers` weights beyond Caffe's 512 MiB read limit are not supported" % path)
+            if field != 100:
+                continue
+            layer = caffe_pb2.LayerParameter.FromString(chunk)
+            if layer.name not in net.params or not len(layer.blobs):
+                continue
+            targets = net.params[layer.name]
+            if len(targets) != len(layer.blobs):
+                fail("layer %r: %d blobs in the caffemodel, %d in the net" % (layer.name, len(layer.blobs),
+                                                                            len(targets)))
+            for i, blob in enumerate(layer.blobs):
+                values = np.asarray(blob.data, dtype=np.float32)
+                if values.size != targets[i].data.size:
+                    fail("layer %r blob %d: %d values in the caffemodel, the net's blob has shape %s"
+                         % (layer.name, i, values.size, tuple(targets[i].data.shape)))
+                targets[i].data[...] = values.reshape(targets[i].data.shape)
 
 
 def main(request_path):
@@ -48,10 +100,13 @@ def main(request_path):
         fail("Caffe refused the prototxt %s: %s" % (req["prototxt"], e))
 
     stage("weights")
-    try:
-        net.copy_from(req["caffemodel"])
-    except Exception as e:
-        fail("Caffe refused the weights %s: %s" % (req["caffemodel"], e))
+    if os.path.getsize(req["caffemodel"]) >= CAFFE_READ_LIMIT:
+        copy_large_weights(net, req["caffemodel"], np)
+    else:
+        try:
+            net.copy_from(req["caffemodel"])
+        except Exception as e:
+            fail("Caffe refused the weights %s: %s" % (req["caffemodel"], e))
 
     stage("reshape")
     with np.load(req["input_file"]) as data:
