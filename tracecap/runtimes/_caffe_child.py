@@ -32,6 +32,8 @@ def fail(message):
 
 
 def _varint(data, pos):
+    """Protobuf varint at ``pos`` -> (value, next position). (wire.read_varint's twin: this child
+    imports nothing of tracecap, see the module docstring.)"""
     value = shift = 0
     while True:
         b = data[pos]
