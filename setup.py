@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="tracecap",
@@ -7,16 +7,14 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=[
-        "tracecap",
-        "tracecap.checkpoint",
-        "tracecap.legacy",
-        "tracecap.runtimes",
-        "tracecap.mappers",
-        "tracecap.mappers.caffe",
-        "tracecap.mappers.caffe.layers",
-        "tracecap.legacy_models",
-    ],
+    # Discovered, not listed: a listed subpackage that someone forgets breaks only the
+    # non-editable install (CI caught tracecap.mappers.caffe.constructions that way).
+    packages=(
+        find_packages(include=["tracecap", "tracecap.*"])
+        + ["tracecap.mappers" + p[len("mappers"):] for p in find_packages(include=["mappers", "mappers.*"])]
+        + ["tracecap.legacy_models" + p[len("legacy_models"):]
+           for p in find_packages(include=["legacy_models", "legacy_models.*"])]
+    ),
     package_dir={
         "tracecap": "tracecap",
         "tracecap.mappers": "mappers",
