@@ -136,7 +136,7 @@ def _run_graph(args) -> int:
     else:
         boxes, title = picture.boxes_from_spec(args.spec, [parse_shape(s) for s in args.input])
     svg, engine = picture.render_svg(boxes, engine=args.engine, title=title)
-    picture.write_svg(svg, args.output)
+    picture.write_text(svg, args.output)
     print(f"{args.output} ({len(boxes)} layers, drawn with {engine})")
     return 0
 

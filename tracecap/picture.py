@@ -299,10 +299,10 @@ def inline_svg(svg):
     return svg.strip()
 
 
-def write_svg(svg, path):
-    """Write the SVG atomically."""
+def write_text(text, path):
+    """Write ``text`` (an SVG, a page) to ``path`` atomically; a clean error where it cannot be written."""
     from tracecap.atomic import write_files
-    data = svg.encode("utf-8")
+    data = text.encode("utf-8")
     try:
         write_files([(path, lambda write: write(data))])
     except OSError as exc:
