@@ -222,3 +222,16 @@ def test_graph_command_errors_exit_2_without_traceback(tmp_path, args, message):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("tracecap: error: ") and message in r.stderr, r.stderr
     assert not (tmp_path / "g.svg").exists()
+
+
+def test_readme_graph_commands_parse():
+    """The README's `tracecap graph` lines are commands the CLI accepts (the bundled one runs above)."""
+    import re
+    from pathlib import Path
+    from tracecap import cli
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = re.findall(r"^tracecap graph .*$", text, re.M)
+    assert "tracecap graph resnet18 -o resnet18.svg" in lines and len(lines) == 2
+    for line in lines:
+        args = cli.build_parser().parse_args(line.replace("[--engine auto|dot|python]", "--engine python").split()[1:])
+        assert args.command == "graph" and args.output == "resnet18.svg"
