@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from tracecap import html_report, picture
-from test_picture import CLUSTERS, NAMES, ODD, TINY
+import test_picture
+from test_picture import CLUSTERS, NAMES, ODD
 
 FIRST = "layer1.0.bn1"
 CHROMIUM = shutil.which("chromium") or (os.path.exists("/usr/bin/chromium") and "/usr/bin/chromium") or None
@@ -44,11 +45,7 @@ def make_report(prototxt, first=FIRST, model="tiny"):
             "layers": rows}
 
 
-@pytest.fixture
-def tiny(tmp_path):
-    path = tmp_path / "tiny.prototxt"
-    path.write_text(TINY)
-    return str(path)
+tiny = test_picture.tiny  # the hand-written net, as a fixture
 
 
 class _Rows(HTMLParser):
@@ -69,10 +66,12 @@ def _inline_svg(page):
     return ET.fromstring(re.search(r"<svg.*?</svg>", page, re.S).group(0))
 
 
-def test_page_is_self_contained_and_holds_summary_table_and_graph(tiny, tmp_path):
+@pytest.mark.parametrize("engine", test_picture.ENGINES)
+def test_page_is_self_contained_and_holds_summary_table_and_graph(tiny, tmp_path, engine):
     report = make_report(tiny)
     out = tmp_path / "report.html"
-    assert html_report.write_html(report, tiny, str(out)) == str(out)
+    assert html_report.write_html(report, tiny, str(out), engine=engine) == str(out)
+    assert f"drawn with {engine};" in out.read_text()
     page = out.read_text(encoding="utf-8")
     for external in ("http://", "https://", "src=", "@import", "url(http"):
         assert external not in page
