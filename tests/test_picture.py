@@ -129,7 +129,8 @@ def _rect(g):
 
 
 def _check_geometry(svg, boxes):
-    """No two boxes overlap, and every box lies inside each cluster of its scope (python layout)."""
+    """No two boxes overlap, every box lies inside each cluster of its scope and outside every other
+    cluster (python layout)."""
     layers, scopes = boxes_and_clusters(svg)
     rects = {name: _rect(g) for name, g in layers.items()}
     order = sorted(rects.values(), key=lambda r: (r[1], r[0]))
@@ -144,6 +145,9 @@ def _check_geometry(svg, boxes):
         for cid in path:
             c = _rect(scopes[labels[cid]])
             assert c[0] < x0 and c[1] < y0 and x1 < c[2] and y1 < c[3], (box.name, labels[cid])
+        for cid in set(labels) - set(path):
+            c = _rect(scopes[labels[cid]])
+            assert x1 <= c[0] or c[2] <= x0 or y1 <= c[1] or c[3] <= y0, (box.name, labels[cid])
 
 
 def test_captured_resnet18_scopes_come_from_the_modules():

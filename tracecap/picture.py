@@ -136,13 +136,16 @@ def _prefixes(scope):
 def clusters_of(boxes):
     """(per box: the cluster ids around it, outermost first; id -> label).
 
-    Every module path is a candidate; one holding a single layer is dropped (the box names it), and
-    so is one holding exactly what its only inner cluster holds (the inner one is kept)."""
+    Every module path is a candidate; one holding a single layer is dropped (the box names it), so is
+    one whose layers are not joined by their own blobs (a module called twice, like a shared ``relu``:
+    its box would enclose what runs between the calls), and one holding exactly what an inner cluster
+    holds (the inner one is kept)."""
     members = {}
     for i, box in enumerate(boxes):
         for p in _prefixes(box.scope):
             members.setdefault(p, []).append(i)
-    keep = [p for p, m in members.items() if len(m) >= 2]
+    edges = edges_of(boxes)
+    keep = [p for p, m in members.items() if len(m) >= 2 and _connected(m, edges)]
     kept = set(keep)
     for p in list(keep):
         inner = [q for q in kept if q != p and q.startswith(p) and q[len(p)] in "./"]
@@ -151,6 +154,21 @@ def clusters_of(boxes):
     ids = {p: f"c{k}" for k, p in enumerate(q for q in keep if q in kept)}
     paths = [[ids[p] for p in _prefixes(box.scope) if p in ids] for box in boxes]
     return paths, {cid: p for p, cid in ids.items()}
+
+
+def _connected(members, edges):
+    """Do ``members`` form one piece through the edges between them?"""
+    root = {m: m for m in members}
+
+    def find(m):
+        while root[m] != m:
+            root[m] = root[root[m]]
+            m = root[m]
+        return m
+    for u, v, _ in edges:
+        if u in root and v in root:
+            root[find(u)] = find(v)
+    return len({find(m) for m in members}) == 1
 
 
 def _style(status, name):

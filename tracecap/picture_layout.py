@@ -159,6 +159,58 @@ def _place(rows):
             _place_row(row, want)
 
 
+def _extents(rows):
+    """cluster id -> [left, right] of its border at the current positions."""
+    ext = {}
+    for row in rows:
+        for it in row:
+            if it.dummy:
+                continue
+            for depth, cid in enumerate(it.path):
+                grow = PAD * (len(it.path) - depth)
+                lo, hi = it.x - it.width / 2 - grow, it.x + it.width / 2 + grow
+                old = ext.get(cid)
+                ext[cid] = [lo, hi] if old is None else [min(old[0], lo), max(old[1], hi)]
+    return ext
+
+
+def _separate_clusters(rows, moves=3000):
+    """Push clusters apart where one's border (wide from another rank) reaches over a neighbour.
+
+    For neighbours a < b in a rank, the outermost cluster holding one but not the other must end
+    before the other begins; a violation moves b's side - its whole cluster, in every rank, with all
+    that lies right of it there - to the right. Only rightward moves, so it settles (or stops after
+    ``moves`` when clusters swap sides between ranks)."""
+    for _ in range(moves):
+        found = _first_violation(rows, _extents(rows))
+        if found is None:
+            return
+        _shift_right_of(rows, *found)
+
+
+def _first_violation(rows, ext):
+    for row in rows:
+        real = [it for it in row if not it.dummy]
+        for a, b in zip(real, real[1:]):
+            k = _common(a.path, b.path)
+            right = ext[a.path[k]][1] if len(a.path) > k else a.x + a.width / 2
+            left = ext[b.path[k]][0] if len(b.path) > k else b.x - b.width / 2
+            need = right + GAP_X - left
+            if need > 0.5:
+                return (b.path[k] if len(b.path) > k else b), need
+    return None
+
+
+def _shift_right_of(rows, what, d):
+    """Move ``what`` (an item, or every member of a cluster id) and all right of it in its ranks by d."""
+    for row in rows:
+        start = next((k for k, it in enumerate(row)
+                      if (it is what if isinstance(what, _Item) else (what in it.path and not it.dummy))), None)
+        if start is not None:
+            for it in row[start:]:
+                it.x += d
+
+
 def _rank_tops(rows, spans):
     """y of each rank's box tops, leaving room for the cluster borders that end or begin between ranks."""
     y, tops = MARGIN, []
@@ -184,6 +236,7 @@ def layout_svg(boxes, edges, paths, clusters, title=""):
     rows, chains = _build(boxes, [(u, v) for u, v, _ in edges], paths)
     _sweep(rows)
     _place(rows)
+    _separate_clusters(rows)
     spans = {}
     for row in rows:
         for it in row:
