@@ -89,6 +89,14 @@ def test_clusters_nest_and_drop_single_layer_scopes(tiny):
     assert by_name["conv1"] == [] and by_name["bn1"] == ["bn1"]
 
 
+def test_a_caffemodel_reads_like_its_prototxt(tiny, tmp_path):
+    from google.protobuf import text_format
+    from tracecap.mappers.caffe.proto import module_for
+    net = text_format.Parse(TINY, module_for("opencv").NetParameter())
+    (tmp_path / "tiny.caffemodel").write_bytes(net.SerializeToString())
+    assert picture.read_prototxt(str(tmp_path / "tiny.caffemodel")) == picture.read_prototxt(tiny)
+
+
 def test_in_place_layers_chain_their_edges(tiny):
     boxes = picture.read_prototxt(tiny)
     edges = {(boxes[u].name, boxes[v].name, blob) for u, v, blob in picture.edges_of(boxes)}

@@ -118,7 +118,8 @@ def _run_verify(args) -> int:
 
 def _graph_options(parser):
     parser.add_argument("spec", metavar="SPEC|NET.prototxt",
-                        help="a model SPEC (as for convert; captured and mapped in memory) or a Caffe .prototxt")
+                        help="a model SPEC (as for convert; captured and mapped in memory) or a Caffe .prototxt "
+                             "(or .caffemodel)")
     parser.add_argument("-o", "--output", default="graph.svg", help="the SVG file to write (default: graph.svg)")
     parser.add_argument("--input", action="append", default=[], metavar="NxCxHxW",
                         help="input shape of a SPEC; repeat for several inputs (bundled models know theirs)")
@@ -131,7 +132,7 @@ def _run_graph(args) -> int:
     from tracecap import picture
     from tracecap.convert import parse_shape
 
-    if args.spec.endswith(".prototxt"):
+    if args.spec.endswith((".prototxt", ".caffemodel")):
         boxes, title = picture.read_prototxt(args.spec), args.spec
     else:
         boxes, title = picture.boxes_from_spec(args.spec, [parse_shape(s) for s in args.input])

@@ -65,7 +65,8 @@ def boxes_from_net(net):
 
 
 def read_prototxt(path):
-    """Boxes of a .prototxt (either dialect); a clean PictureError for a missing or unparsable file."""
+    """Boxes of a .prototxt (either dialect) or .caffemodel; a clean PictureError for a missing or
+    unparsable file."""
     from tracecap.mappers.caffe.inspect import parse_any_dialect
     if not os.path.isfile(path):
         raise PictureError(f"{path}: no such file")
