@@ -114,6 +114,34 @@ def _run_verify(args) -> int:
     return 0 if report["ok"] else 1
 
 
+# ---- tracecap graph: the picture of a converted net (tracecap.picture) -------------------------
+
+def _graph_options(parser):
+    parser.add_argument("spec", metavar="SPEC|NET.prototxt",
+                        help="a model SPEC (as for convert; captured and mapped in memory) or a Caffe .prototxt "
+                             "(or .caffemodel)")
+    parser.add_argument("-o", "--output", default="graph.svg", help="the SVG file to write (default: graph.svg)")
+    parser.add_argument("--input", action="append", default=[], metavar="NxCxHxW",
+                        help="input shape of a SPEC; repeat for several inputs (bundled models know theirs)")
+    parser.add_argument("--engine", choices=("auto", "dot", "python"), default="auto",
+                        help="layout: graphviz dot when installed (auto), or the pure-Python layout")
+
+
+@register("graph", "draw a converted net as SVG: layers, blobs, module scopes as clusters", _graph_options)
+def _run_graph(args) -> int:
+    from tracecap import picture
+    from tracecap.convert import parse_shape
+
+    if args.spec.endswith((".prototxt", ".caffemodel")):
+        boxes, title = picture.read_prototxt(args.spec), args.spec
+    else:
+        boxes, title = picture.boxes_from_spec(args.spec, [parse_shape(s) for s in args.input])
+    svg, engine = picture.render_svg(boxes, engine=args.engine, title=title)
+    picture.write_text(svg, args.output)
+    print(f"{args.output} ({len(boxes)} layers, drawn with {engine})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tracecap", description="Convert PyTorch models to Caffe.")
     parser.add_argument("--debug", action="store_true", help="print the Python traceback behind an error")
