@@ -16,11 +16,18 @@ def _blocks():
 
 
 def _expected_prints(block):
-    """The printed line each ``print(...)  # [..]`` comment promises, in order (None: not checked)."""
+    """The printed line each ``print(...)  # [..]`` comment promises, in order (None: not checked).
+
+    ``# without VNNI: [..]; with VNNI: [..]`` promises the first where this machine's fbgemm saturates
+    int16 product pairs (the probe), the second where it does not."""
+    from tracecap.quant.engines import probe_int16_pairs
     out = []
     for line in block.splitlines():
         if line.lstrip().startswith("print("):
             comment = line.split("# ", 1)[1] if "# " in line else ""
+            if comment.startswith("without VNNI: "):
+                without, with_ = comment[len("without VNNI: "):].split("; with VNNI: ")
+                comment = without if probe_int16_pairs("fbgemm") else with_
             out.append(comment.split("  ")[0] if comment.startswith("[") else None)
     return out
 

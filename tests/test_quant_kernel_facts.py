@@ -86,7 +86,9 @@ def test_quantize_per_tensor_adds_the_zero_point_before_rounding():
 
 # ---- fbgemm's int16 pairs ----------------------------------------------------------------------------
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_fbgemm_saturates_product_pairs_to_int16(per_channel):
+def test_fbgemm_int16_product_pairs_follow_the_probed_rule(per_channel):
+    """The data overflows int16 pairs: without VNNI fbgemm saturates them, with VNNI it does not;
+    the executor matches PyTorch with the probed rule and mismatches with the other one."""
     rng = np.random.default_rng(2)
     w = rng.integers(-128, 128, (5, 9)).astype(np.int8)
     w[:, :2] = 127
@@ -107,9 +109,10 @@ def test_fbgemm_saturates_product_pairs_to_int16(per_channel):
         with tracecap.capture() as cap:
             torch.ops.quantized.linear(x, packed, 0.5, 128)
         program = Q.read_graph(cap.graph)
-    program.manifest["arithmetic"] = dict(program.rules, int16_pairs=False)
-    exact = Q.execute(program, x.int_repr()).astype(np.int64)
-    assert (exact != want).sum() > 0, "no pair saturated: the data does not show the trap"
+    assert program.rules["int16_pairs"] == tracecap.quant.engines.probe_int16_pairs("fbgemm")
+    program.manifest["arithmetic"] = dict(program.rules, int16_pairs=not program.rules["int16_pairs"])
+    other = Q.execute(program, x.int_repr()).astype(np.int64)
+    assert (other != want).sum() > 0, "no pair overflows int16: the data does not tell the rules apart"
 
 
 def test_fbgemm_per_tensor_bias_is_one_fused_multiply_add():
