@@ -46,7 +46,7 @@ def torch_values(graph, inputs, eager=None):
     reported as such rather than blamed on a layer."""
     import torch
     from tracecap import replay
-    outs, env = replay.run(graph, *inputs, return_env=True)
+    outs, env = replay.run(graph, *inputs, call=_replay_call, return_env=True)
     if eager is not None:
         for blob, got, want in zip(graph.outputs, outs, eager):
             want = want.detach().float().numpy()
@@ -60,6 +60,22 @@ def torch_values(graph, inputs, eager=None):
             v = v.dequantize() if v.is_quantized else v
             values[name] = v.detach().to(torch.float64).numpy()
     return values
+
+
+def _replay_call(node, env):
+    """The node's recorded call; when cleanup removed what made it valid (``x.t().contiguous().view(...)``
+    with the ``contiguous`` gone, ``view`` refuses), the node computed from its op and params."""
+    from tracecap import replay
+    from tracecap.ops import reference
+    if node.target is not None:
+        args, kwargs = replay._resolve(node.args, env), replay._resolve(node.kwargs, env)
+        if node.meta.get("inplace"):
+            args, kwargs = replay._clone_written(node, args, kwargs)
+        try:
+            return node.target(*args, **kwargs)
+        except RuntimeError:
+            pass
+    return reference.call(node, env)
 
 
 # ---------------------------------------------------------------------------------------- the rows
@@ -172,25 +188,26 @@ def _deployed_outputs(shipped, values, outputs, tolerance):
     return worst, fine
 
 
-def _localize_fusion(run, rows, order, tolerance, layout_differs):
-    """Bisect over k: read only the tops of layers k.. (OpenCV then fuses the layers before k as in the
-    deployed net). Returns (diffs of the smallest k whose run diverges, k), or (None, None)."""
-    def attempt(k):
-        wanted = [t for row in rows[k:] for t in row["_tops"]]
-        if not wanted:
-            return None
-        diffs = _compare(rows[k:], run(wanted), tolerance, layout_differs)
-        return diffs if _first_bad(diffs, order, layout_differs) else None
+def _localize_fusion(run, rows, values, outputs, tolerance, layout_differs):
+    """Which fusion spoils the deployed outputs? A runtime does not fuse a layer into one whose top is
+    read, so reading the tops of the first k layers (the outputs alone decide: they are always read
+    faithfully) bisects to the layer A whose top, when read, keeps the outputs right. Its reader then
+    computes A fused with itself, wrongly: the run that reads every top but A's shows that reader's
+    value. Returns (diffs of the layers after A from that run, index after A), or (None, None)."""
+    tops = [list(row["_tops"]) for row in rows]
 
-    lo, hi, found = 0, len(rows), None   # reading from layer lo shows nothing; reading only outputs diverges
+    def diverges(k):
+        got = run([t for ts in tops[:k] for t in ts] + list(outputs))
+        return not _deployed_outputs(got, values, outputs, tolerance)[1]
+
+    lo, hi = 0, len(rows)            # reading the first lo layers' tops diverges (lo = 0: the deployed run)
+    if diverges(hi):
+        return None, None            # not a fusion that reading tops prevents
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        diffs = attempt(mid)
-        if diffs is not None:
-            hi, found = mid, diffs
-        else:
-            lo = mid
-    return (found, hi) if found is not None else (None, None)
+        lo, hi = (mid, hi) if diverges(mid) else (lo, mid)
+    wanted = [t for ts in tops[:lo] + tops[hi:] for t in ts] + list(outputs)
+    return _compare(rows[hi:], run(wanted), tolerance, layout_differs), hi
 
 
 # ---------------------------------------------------------------------------------------- the report
@@ -242,16 +259,17 @@ def build(graph, prototxt, caffemodel, inputs, layers=None, dialect=None, runtim
                                 "opencv-python-headless, or build Caffe with python -m tracecap.runtimes.build_caffe)")
         wanted = list(dict.fromkeys([t for row in rows for t in row["_tops"]] + list(outputs)))
         for k, rt in enumerate(names):
-            def run(blobs, rt=rt):
-                return runtimes.run(run_proto, run_model, feed, runtime=rt, blobs=blobs)
-            diffs = _compare(rows, run(wanted), tolerance, layout_differs)
+            def run(blobs, rt=rt, fusion=True):
+                return runtimes.run(run_proto, run_model, feed, runtime=rt, blobs=blobs, fusion=fusion)
+            # every top read, no layer fused: each value is what its own layer computes
+            diffs = _compare(rows, run(wanted, fusion=False), tolerance, layout_differs)
             shipped = (deployed or {}).get(rt)
             if shipped is None:
                 shipped = run(list(outputs))
             worst, outputs_fine = _deployed_outputs(shipped, values, outputs, tolerance)
             if not outputs_fine and _first_bad(diffs, order, layout_differs) is None:
-                # only the deployed net diverges: a fusion that reading every top prevents
-                found, start = _localize_fusion(run, rows, order, tolerance, layout_differs)
+                # every layer right on its own, the deployed outputs wrong: a fusion is
+                found, start = _localize_fusion(run, rows, values, outputs, tolerance, layout_differs)
                 if found is not None:
                     diffs = {**{n: d for n, d in diffs.items() if order.index(n) < start}, **found}
             all_diffs[rt], verdicts[rt] = diffs, (worst, outputs_fine)
