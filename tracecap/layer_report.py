@@ -130,14 +130,18 @@ def _check_same_net(summary, mapped, prototxt):
     theirs = [(l["name"], l["type"]) for l in summary.layers if l["type"] not in ("Input", "Silence")]
     ours = [(l.name, l.type) for l in mapped.values() if l.type != "Silence"]
     if theirs != ours:
-        extra = [f"{n} ({t})" for n, t in theirs if (n, t) not in set(ours)]
-        lacking = [f"{n} ({t})" for n, t in ours if (n, t) not in set(theirs)]
-        detail = "; ".join(p for p in (
-            f"it has {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''} which the capture does not make"
-            if extra else "", f"it lacks {', '.join(lacking[:3])}{' ...' if len(lacking) > 3 else ''}"
-            if lacking else "") if p) or "its layers come in another order"
-        raise TracecapError(f"{prototxt} is not the conversion of this model as captured: {detail}. Verify with "
-                            f"the options it was converted with (--fold-bn, --legacy, --input shapes, --weights)")
+        mine, yours = set(ours), set(theirs)
+        extra = [f"{n} ({t})" for n, t in theirs if (n, t) not in mine]
+        lacking = [f"{n} ({t})" for n, t in ours if (n, t) not in yours]
+        parts = [f"it has {_some(extra)}, which the capture does not make" if extra else "",
+                 f"it lacks {_some(lacking)}" if lacking else ""]
+        detail = "; ".join(p for p in parts if p) or "its layers come in another order"
+        raise TracecapError(f"{prototxt} is not the conversion of this model as captured: {detail}. Compare with "
+                            f"the options it was converted with (--fold-bn, --legacy, --input shapes)")
+
+
+def _some(items):
+    return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
 
 
 # ---------------------------------------------------------------------------------------- runtime side
@@ -245,6 +249,9 @@ def build(graph, prototxt, caffemodel, inputs, layers=None, dialect=None, runtim
     feed = {caffe.caffe_name(b): x.detach().float().numpy() for b, x in zip(graph.inputs, inputs)}
     outputs = {caffe.caffe_name(b): b.name for b in graph.outputs}
     rows, paths = _rows(summary, mapped, values)
+    if not any(row["_tops"] for row in rows):
+        raise TracecapError(f"{prototxt}: no layer's top is named after a tensor of the capture, so none can be "
+                            f"compared (were its blobs renamed?)")
     order = [row["layer"] for row in rows]
     report = Report(prototxt=os.fspath(prototxt), caffemodel=os.fspath(caffemodel), model=model,
                     tolerance=tolerance, inputs={k: list(v.shape) for k, v in feed.items()},
