@@ -40,7 +40,7 @@ class Report(dict):
 
 # ---------------------------------------------------------------------------------------- PyTorch side
 def torch_values(graph, inputs, eager=None):
-    """{blob name: numpy float array} of every graph blob, by replaying the graph on ``inputs``.
+    """{blob name: float32 numpy array} of every activation and input, by replaying the graph on ``inputs``.
 
     ``eager``: the model's own outputs; a replay that does not reproduce them is a capture bug,
     reported as such rather than blamed on a layer."""
@@ -54,11 +54,12 @@ def torch_values(graph, inputs, eager=None):
             if got.shape != want.shape or np.abs(got - want).max(initial=0.0) > OP_TOLERANCE * scale_of(want):
                 raise CaptureError(f"the captured graph does not reproduce the model's output {blob.name}; the "
                                    f"per-layer report would compare against the wrong values")
+    activations = {b.name for b in graph.blobs.values() if not b.is_constant}
     values = {}
     for name, v in env.items():
-        if isinstance(v, torch.Tensor) and v.layout == torch.strided:
+        if name in activations and isinstance(v, torch.Tensor) and v.layout == torch.strided:
             v = v.dequantize() if v.is_quantized else v
-            values[name] = v.detach().to(torch.float64).numpy()
+            values[name] = v.detach().float().numpy()   # float32: no copy for the usual float tensors
     return values
 
 
