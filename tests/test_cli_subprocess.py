@@ -132,3 +132,23 @@ def test_html_without_the_page_module_is_a_clear_error_or_a_page(tmp_path):
         assert r.returncode == 2 and "--html: the HTML report is not available" in r.stderr
     else:
         assert r.returncode == 0 and (tmp_path / "r.html").is_file()
+
+
+README = __import__("pathlib").Path(__file__).resolve().parents[1] / "README.md"
+
+
+def _section(title):
+    text = README.read_text()
+    start = text.index(f"## {title}")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_the_readme_where_does_it_diverge_commands_run(tmp_path):
+    require_runtime("opencv")
+    block = _section("Where does it diverge?").split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line.split() for line in block.strip().splitlines()]
+    assert [c[:2] for c in commands] == [["tracecap", "convert"], ["tracecap", "verify"]]
+    for command in commands:
+        r = _tracecap(*command[1:], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert "every layer within tolerance" in r.stdout and "Traceback" not in r.stderr

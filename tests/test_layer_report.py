@@ -239,3 +239,18 @@ def test_capture_progress_hooks_only_big_models_and_leaves_none(capsys):
     assert "capturing: modules entered: 120/120" in capsys.readouterr().err
     assert not any(m._forward_pre_hooks for m in big.modules())
     assert [n.op for n in cap.graph.nodes] == ["relu"] * 40
+
+
+def test_the_readme_export_example_runs(tmp_path, monkeypatch, capsys):
+    """The README's second Python block (export) runs after its first (which makes model and x)."""
+    require_runtime("opencv")
+    import re
+    from pathlib import Path
+    blocks = re.findall(r"```python\n(.*?)```", (Path(__file__).resolve().parents[1] / "README.md").read_text(), re.S)
+    assert "tracecap.export(" in blocks[1]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(blocks[0] + blocks[1], "README.md", "exec"), scope)
+    summary = scope["summary"]
+    assert summary["prototxt"] == "out/resnet18.prototxt" and (tmp_path / "out" / "resnet18.caffemodel").is_file()
+    assert summary["verify"]["opencv"]["ok"] and summary["inputs"] == {"x": [1, 3, 224, 224]}
