@@ -67,8 +67,11 @@ def main(argv=None):
                     times["export --per-layer"].append(t)
                     assert all(r["ok"] for r in summary["per_layer"]["runtimes"].values())
 
-                    def stage():
-                        shipped = {rt: runtimes.run(proto, model_file, feed, runtime=rt, blobs=outputs) for rt in names}
+                    def stage():   # as export runs it: a never-fusing runtime's verify run reads every top
+                        everything = layer_report.every_top(proto)
+                        shipped = {rt: runtimes.run(proto, model_file, feed, runtime=rt,
+                                                    blobs=everything if rt in layer_report.NEVER_FUSES else outputs)
+                                   for rt in names}
                         return layer_report.build(graph, proto, model_file, [x], dialect="opencv", runtime_names=names,
                                                   deployed=shipped, eager=[eager])
                     t, _ = _timed(stage)

@@ -149,10 +149,14 @@ def _run_and_capture(model, inputs, steps):
     return refs, cap.graph
 
 
-def _verify_outputs(graph, inputs, refs, run_files, summary, steps):
-    """Run the written files on every runtime that reads them; fill summary["verify"]; return the outputs."""
+def _verify_outputs(graph, inputs, refs, run_files, summary, steps, read_all=False):
+    """Run the written files on every runtime that reads them; fill summary["verify"]; return what was read.
+
+    ``read_all``: the per-layer report follows; runtimes that never fuse layers read every top in this
+    one run, which the report then reuses instead of running again."""
     from tracecap import runtimes
     from tracecap.compare import within_tolerance
+    from tracecap.layer_report import NEVER_FUSES, every_top
     run_proto, run_model, note = run_files
     usable = runtimes.available("opencv" if note else summary["dialect"])
     if not usable:
@@ -163,8 +167,10 @@ def _verify_outputs(graph, inputs, refs, run_files, summary, steps):
         summary["verify_note"] = note
     feed = {b.name: x.detach().numpy() for b, x in zip(graph.inputs, inputs)}
     shipped = {}
+    everything = list(dict.fromkeys(every_top(run_proto) + summary["outputs"])) if read_all else None
     for rt in usable:
-        got = runtimes.run(run_proto, run_model, feed, runtime=rt, blobs=summary["outputs"])
+        blobs = everything if read_all and rt in NEVER_FUSES else summary["outputs"]
+        got = runtimes.run(run_proto, run_model, feed, runtime=rt, blobs=blobs)
         worst, ok = 0.0, True
         for bname, ref in zip(summary["outputs"], refs):
             ref = ref.detach().numpy()
@@ -219,7 +225,7 @@ def _pipeline(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, m
                                "or build Caffe with python -m tracecap.runtimes.build_caffe)")
         with tempfile.TemporaryDirectory(prefix="tracecap-verify-") as tmp:
             run_files = runnable(proto, caffemodel, dialect, tmp)
-            shipped = _verify_outputs(graph, inputs, refs, run_files, summary, steps)
+            shipped = _verify_outputs(graph, inputs, refs, run_files, summary, steps, read_all=per_layer)
             if per_layer:
                 summary["per_layer"] = _per_layer(graph, inputs, refs, (proto, caffemodel), run_files, dialect,
                                                   shipped, steps, model_name)
