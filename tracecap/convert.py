@@ -182,11 +182,11 @@ def _verify_outputs(graph, inputs, refs, run_files, summary, steps, read_all=Fal
     return shipped
 
 
-def _per_layer(graph, inputs, refs, files, run_files, dialect, shipped, steps, model_name, runtime_names=None):
+def _per_layer(graph, inputs, refs, files, run_files, dialect, shipped, steps, model_name):
     """The per-layer report (tracecap.layer_report) of written files; prints its verdict line per runtime."""
     from tracecap import layer_report, progress
     from tracecap.mappers import caffe
-    names = runtime_names or list(shipped) or None
+    names = list(shipped) or None
     steps(f"comparing every layer with PyTorch{' on ' + ', '.join(names) if names else ''}")
     tick = progress.reporter("per-layer runs", quiet=steps.quiet)
     report = layer_report.build(graph, *files, inputs, layers=caffe.to_layers(graph, dialect), dialect=dialect,
