@@ -81,13 +81,14 @@ def _convert_options(parser):
     parser.add_argument("--name", help="output file stem (default: the model name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random example input")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    _report_options(parser, "with --verify: ")
+    _report_options(parser)
 
 
-def _report_options(parser, prefix=""):
+def _report_options(parser, verify=False):
     parser.add_argument("--per-layer", action="store_true",
-                        help=f"{prefix}compare every Caffe layer's top with the PyTorch activation it stands for "
-                             f"and name the first layer beyond tolerance, with its file:line (implies --verify)")
+                        help="implied by --against" if verify else
+                        "compare every Caffe layer's top with the PyTorch activation it stands for and name the "
+                        "first layer beyond tolerance, with its file:line (implies --verify)")
     parser.add_argument("--json", action="store_true", help="print the summary (or the per-layer report) as JSON")
     parser.add_argument("--html", metavar="FILE", help="also write the per-layer report as one self-contained HTML "
                                                        "page (implies --per-layer)")
@@ -151,7 +152,7 @@ def _verify_options(parser):
     parser.add_argument("--fold-bn", action="store_true", help="with --against: the files were converted with "
                                                                "--fold-bn")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
-    _report_options(parser, "with --against: ")
+    _report_options(parser, verify=True)
 
 
 @register("verify", "run a Caffe model on every available real runtime and compare their outputs (or every "
