@@ -99,7 +99,8 @@ def test_first_errors_exit_2_with_one_message(case, tmp_path):
     if case == "bad_spec":
         args, message = ["convert", "resnet_18"], "unknown model 'resnet_18': use a bundled name"
     elif case == "missing_weights":
-        args, message = ["convert", "lenet", "--weights", tmp_path / "nope.pth"], f"{tmp_path / 'nope.pth'}: no such file"
+        missing = tmp_path / "nope.pth"
+        args, message = ["convert", "lenet", "--weights", missing], f"{missing}: no such file"
     elif case == "wrong_input_shape":
         args, message = ["convert", "lenet", "--input", "1x3x8x8", "--per-layer"], \
             "the model's forward failed on input 1x3x8x8: RuntimeError: "
