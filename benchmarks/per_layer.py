@@ -2,12 +2,12 @@
 
     python benchmarks/per_layer.py [--runs 9] [--runtime opencv --runtime caffe] [--check]
 
-Times, interleaved, ``tracecap.export(resnet50, x, ...)`` with ``verify=True`` and with
-``per_layer=True`` (capture, write, verify; the latter also replays the graph, reads every top once
-per runtime and compares), and separately the verification stage alone: the runtimes run on the
-outputs (plain verify) against that plus ``layer_report.build`` given those outputs (the per-layer
-stage as export runs it). Prints medians and the ratios; target: the whole per-layer export <= 3x
-the plain one. ``--check`` exits 1 when it misses.
+Times ``tracecap.export(resnet50, x, ...)`` with ``verify=True`` and with ``per_layer=True`` (capture,
+write, verify; the latter also replays the graph, reads every top once per runtime and compares), and
+the verification stage alone: the runtimes run on the outputs (plain verify) against the per-layer
+stage as export runs it (Caffe's verify run reading every top, then ``layer_report.build``). Each pair
+runs back to back, alternating which goes first. Prints medians and the ratios; target: the whole
+per-layer export <= 3x the plain one. ``--check`` exits 1 when it misses.
 """
 from __future__ import annotations
 
@@ -53,29 +53,29 @@ def main(argv=None):
         caffe.save(graph, proto, model_file, dialect="opencv")
         feed = {"x": x.numpy()}
         outputs = [b.name for b in graph.outputs]
-        for run in range(args.runs):
-            order = ("plain", "per") if run % 2 == 0 else ("per", "plain")   # interleaved, alternating first
-            for which in order:
-                if which == "plain":
-                    t, _ = _timed(lambda: tracecap.export(model, x, os.path.join(tmp, "a"), verify=True))
-                    times["export --verify"].append(t)
-                    t, _ = _timed(lambda: {rt: runtimes.run(proto, model_file, feed, runtime=rt, blobs=outputs)
-                                           for rt in names})
-                    times["verify stage"].append(t)
-                else:
-                    t, summary = _timed(lambda: tracecap.export(model, x, os.path.join(tmp, "b"), per_layer=True))
-                    times["export --per-layer"].append(t)
-                    assert all(r["ok"] for r in summary["per_layer"]["runtimes"].values())
+        everything = layer_report.every_top(proto)
 
-                    def stage():   # as export runs it: a never-fusing runtime's verify run reads every top
-                        everything = layer_report.every_top(proto)
-                        shipped = {rt: runtimes.run(proto, model_file, feed, runtime=rt,
-                                                    blobs=everything if rt in layer_report.NEVER_FUSES else outputs)
-                                   for rt in names}
-                        return layer_report.build(graph, proto, model_file, [x], dialect="opencv", runtime_names=names,
-                                                  deployed=shipped, eager=[eager])
-                    t, _ = _timed(stage)
-                    times["per-layer stage"].append(t)
+        def verify_stage():
+            return {rt: runtimes.run(proto, model_file, feed, runtime=rt, blobs=outputs) for rt in names}
+
+        def per_layer_stage():   # as export runs it: a never-fusing runtime's verify run reads every top
+            shipped = {rt: runtimes.run(proto, model_file, feed, runtime=rt,
+                                        blobs=everything if rt in layer_report.NEVER_FUSES else outputs)
+                       for rt in names}
+            return layer_report.build(graph, proto, model_file, [x], dialect="opencv", runtime_names=names,
+                                      deployed=shipped, eager=[eager])
+
+        jobs = {"export --verify": lambda: tracecap.export(model, x, os.path.join(tmp, "a"), verify=True),
+                "export --per-layer": lambda: tracecap.export(model, x, os.path.join(tmp, "b"), per_layer=True),
+                "verify stage": verify_stage, "per-layer stage": per_layer_stage}
+        pairs = (("export --verify", "export --per-layer"), ("verify stage", "per-layer stage"))
+        for run in range(args.runs):
+            for pair in pairs:               # each pair back to back, alternating which goes first
+                for key in (pair if run % 2 == 0 else pair[::-1]):
+                    t, out = _timed(jobs[key])
+                    times[key].append(t)
+                    if key == "export --per-layer":   # the figures are only worth it if the report is right
+                        assert all(r["ok"] for r in out["per_layer"]["runtimes"].values()), out["per_layer"]["runtimes"]
             print(f"run {run + 1}/{args.runs}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
                   file=sys.stderr, flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
