@@ -81,17 +81,57 @@ def _convert_options(parser):
     parser.add_argument("--name", help="output file stem (default: the model name)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random example input")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    _report_options(parser)
+
+
+def _report_options(parser, verify=False):
+    parser.add_argument("--per-layer", action="store_true",
+                        help="implied by --against" if verify else
+                        "compare every Caffe layer's top with the PyTorch activation it stands for and name the "
+                        "first layer beyond tolerance, with its file:line (implies --verify)")
+    parser.add_argument("--json", action="store_true", help="print the summary (or the per-layer report) as JSON")
+    parser.add_argument("--html", metavar="FILE", help="also write the per-layer report as one self-contained HTML "
+                                                       "page (implies --per-layer)")
+
+
+def _html_writer(path):
+    """``write_html`` of tracecap.html_report when --html FILE is asked for (checked before any work), else None."""
+    if not path:
+        return None
+    try:
+        from tracecap.html_report import write_html
+    except ImportError as exc:
+        raise TracecapError(f"--html: the HTML report is not available in this build ({exc})") from None
+    return write_html
+
+
+def _show_layers(report, as_json, html):
+    from tracecap.layer_report import format_report, ok
+    if html:
+        _html_writer(html)(report, report["prototxt"], html)
+    if not as_json:
+        print(format_report(report))
+    return 0 if ok(report) else 1
 
 
 @register("convert", "capture a PyTorch model and write Caffe .prototxt + .caffemodel", _convert_options)
 def _run_convert(args) -> int:
     from tracecap.convert import convert, parse_shape
 
+    per_layer = args.per_layer or bool(args.html)
+    _html_writer(args.html)
     summary = convert(args.spec, [parse_shape(s) for s in args.input], args.outdir, dialect=args.dialect,
-                      verify=args.verify, seed=args.seed, name=args.name, quiet=args.quiet, weights=args.weights,
-                      fold_bn=args.fold_bn, code=args.code, legacy=args.legacy)
-    print(f"{summary['prototxt']}\n{summary['caffemodel']}")
-    return 0 if all(v["ok"] for v in summary["verify"].values()) else 1
+                      verify=args.verify or per_layer, seed=args.seed, name=args.name, quiet=args.quiet,
+                      weights=args.weights, fold_bn=args.fold_bn, code=args.code, legacy=args.legacy,
+                      per_layer=per_layer)
+    status = 0 if all(v["ok"] for v in summary["verify"].values()) else 1
+    if per_layer:
+        status = max(status, _show_layers(summary["per_layer"], args.json, args.html))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['prototxt']}\n{summary['caffemodel']}")
+    return status
 
 
 def _verify_options(parser):
@@ -101,12 +141,39 @@ def _verify_options(parser):
                         help="runtime to run on (repeat; default: every available one)")
     parser.add_argument("--inputs", metavar="NPZ", help="input arrays by blob name (default: seeded random)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    parser.add_argument("--against", metavar="SPEC",
+                        help="compare every layer with this PyTorch model (a SPEC as for convert) instead of the "
+                             "runtimes with each other; implies --per-layer")
+    parser.add_argument("--input", action="append", default=[], metavar="NxCxHxW",
+                        help="with --against: input shapes instead of those the prototxt declares")
+    parser.add_argument("--weights", metavar="CHECKPOINT", help="with --against: the model's weights")
+    parser.add_argument("--code", metavar="FILE.py", help="with --against: as for convert")
+    parser.add_argument("--legacy", metavar="VERSION", help="with --against: as for convert")
+    parser.add_argument("--fold-bn", action="store_true", help="with --against: the files were converted with "
+                                                               "--fold-bn")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    _report_options(parser, verify=True)
 
 
-@register("verify", "run a Caffe model on every available real runtime and compare their outputs",
-          _verify_options)
+@register("verify", "run a Caffe model on every available real runtime and compare their outputs (or every "
+                    "layer with its PyTorch model: --against SPEC)", _verify_options)
 def _run_verify(args) -> int:
+    if args.against:
+        from tracecap.convert import parse_shape, verify_against
+        _html_writer(args.html)
+        report = verify_against(args.prototxt, args.caffemodel, args.against,
+                                shapes=[parse_shape(s) for s in args.input], weights=args.weights, code=args.code,
+                                fold_bn=args.fold_bn, seed=args.seed, npz=args.inputs, runtime_names=args.runtime,
+                                quiet=args.quiet, legacy=args.legacy)
+        status = _show_layers(report, args.json, args.html)
+        if args.json:
+            print(json.dumps(report, indent=2))
+        return status
+    used = [flag for flag, on in (("--per-layer", args.per_layer), ("--html", args.html), ("--input", args.input),
+                                  ("--weights", args.weights), ("--code", args.code), ("--legacy", args.legacy),
+                                  ("--fold-bn", args.fold_bn)) if on]
+    if used:
+        raise TracecapError(f"{', '.join(used)}: only with --against SPEC (the PyTorch model to compare with)")
     from tracecap.verify import format_report, verify
 
     report = verify(args.prototxt, args.caffemodel, args.runtime, seed=args.seed, npz=args.inputs)

@@ -116,94 +116,224 @@ def load_weights(model, path, quiet=False):
     return report
 
 
-def _step(n, total, text, quiet):
-    if not quiet:
-        print(f"[{n}/{total}] {text}", file=sys.stderr, flush=True)
+def _shape_text(shapes):
+    return ", ".join("x".join(map(str, s)) for s in shapes)
 
 
-def _verify(graph, inputs, refs, proto, caffemodel, dialect, summary, total, quiet):
-    """Run the written files on every available runtime; fill summary["verify"]."""
-    import tempfile
-    from tracecap import runtimes
-    from tracecap.compare import within_tolerance
-    from tracecap.verify import runnable
-    if not runtimes.available():
-        raise ConvertError("--verify: no real runtime is available here (pip install opencv-python-headless, or "
-                           "build Caffe with python -m tracecap.runtimes.build_caffe)")
-    feed = {b.name: x.numpy() for b, x in zip(graph.inputs, inputs)}
-    with tempfile.TemporaryDirectory(prefix="tracecap-verify-") as tmp:
-        run_proto, run_model, note = runnable(proto, caffemodel, dialect, tmp)
-        usable = runtimes.available("opencv" if note else dialect)
-        if not usable:
-            raise ConvertError(f"--verify: no runtime reads the {dialect} dialect here (available: "
-                               f"{', '.join(runtimes.available())})")
-        _step(4, total, f"verifying on {', '.join(usable)}" + (f" ({note})" if note else ""), quiet)
-        if note:
-            summary["verify_note"] = note
-        for rt in usable:
-            got = runtimes.run(run_proto, run_model, feed, runtime=rt, blobs=summary["outputs"])
-            worst, ok = 0.0, True
-            for bname, ref in zip(summary["outputs"], refs):
-                ref = ref.detach().numpy()
-                diff, agrees = within_tolerance(got[bname].reshape(ref.shape), ref)
-                worst, ok = max(worst, diff), ok and agrees
-            summary["verify"][rt] = {"max_abs_diff": worst, "ok": ok}
-            if not quiet:
-                print(f"      {rt}: max abs diff {worst:.3g} {'ok' if ok else 'TOO LARGE'}", file=sys.stderr)
+def _as_inputs(args):
+    """export's ``args`` (a tensor or a tuple/list of tensors, as torch.onnx.export takes) as a list."""
+    inputs = list(args) if isinstance(args, (list, tuple)) else [args]
+    bad = [type(a).__name__ for a in inputs if not isinstance(a, torch.Tensor)]
+    if bad or not inputs:
+        raise ConvertError(f"export: args must be a tensor or a tuple of tensors (the forward's positional "
+                           f"inputs), got {', '.join(bad) or 'nothing'}")
+    return inputs
 
 
-@legacy_option
-def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False, weights=None,
-            fold_bn=False, code=None):
-    """Run the whole pipeline; return a summary dict (also written as OUTDIR/NAME.json).
-
-    ``legacy="0.3"`` runs it all (loading the model file, building, the reference forward, the capture)
-    under ``tracecap.legacy.compat``."""
-    from tracecap import capture
-    from tracecap.mappers import caffe
-
-    total = 4 if verify else 3
-    t0 = time.perf_counter()
-    _step(1, total, f"loading model {spec}", quiet)
-    model, default_shape, short = resolve_model(spec, code)
-    if weights is not None:
-        load_weights(model, weights, quiet)
-    name = name or short
-    model.eval()
-    if not shapes:
-        if default_shape is None:
-            raise ConvertError("give the input shape(s) with --input, e.g. --input 1x3x224x224")
-        shapes = [tuple(default_shape)]
-    gen = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(s, generator=gen) for s in shapes]
-
-    _step(2, total, f"capturing forward on input(s) {', '.join('x'.join(map(str, s)) for s in shapes)}", quiet)
+def _run_and_capture(model, inputs, steps):
+    """(eager outputs as a list, cleaned graph): the reference forward first, so that a model that
+    fails on these inputs is reported as such (``forward_failure``), then the capture."""
+    from tracecap import capture, progress
+    shapes = [tuple(x.shape) for x in inputs]
+    steps(f"capturing forward on input(s) {_shape_text(shapes)}")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             reference = model(*inputs)
         except Exception as exc:
             raise forward_failure(exc, model, shapes) from exc
-        with capture() as cap:
-            model(*inputs)
-    graph = cap.graph
+        with progress.modules_entered(model, quiet=steps.quiet):
+            with capture() as cap:
+                model(*inputs)
+    refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
+    return refs, cap.graph
+
+
+def _verify_outputs(graph, inputs, refs, run_files, summary, steps, read_all=False):
+    """Run the written files on every runtime that reads them; fill summary["verify"]; return what was read.
+
+    ``read_all``: the per-layer report follows; runtimes that never fuse layers read every top in this
+    one run, which the report then reuses instead of running again."""
+    from tracecap import runtimes
+    from tracecap.compare import within_tolerance
+    from tracecap.layer_report import NEVER_FUSES, every_top
+    run_proto, run_model, note = run_files
+    usable = runtimes.available("opencv" if note else summary["dialect"])
+    if not usable:
+        raise ConvertError(f"--verify: no runtime reads the {summary['dialect']} dialect here (available: "
+                           f"{', '.join(runtimes.available())})")
+    steps(f"verifying on {', '.join(usable)}" + (f" ({note})" if note else ""))
+    if note:
+        summary["verify_note"] = note
+    feed = {b.name: x.detach().numpy() for b, x in zip(graph.inputs, inputs)}
+    shipped = {}
+    everything = list(dict.fromkeys(every_top(run_proto) + summary["outputs"])) if read_all else None
+    for rt in usable:
+        blobs = everything if read_all and rt in NEVER_FUSES else summary["outputs"]
+        got = runtimes.run(run_proto, run_model, feed, runtime=rt, blobs=blobs)
+        worst, ok = 0.0, True
+        for bname, ref in zip(summary["outputs"], refs):
+            ref = ref.detach().numpy()
+            diff, agrees = within_tolerance(got[bname].reshape(ref.shape), ref)
+            worst, ok = max(worst, diff), ok and agrees
+        summary["verify"][rt] = {"max_abs_diff": worst, "ok": ok}
+        shipped[rt] = got
+        steps.note(f"{rt}: max abs diff {worst:.3g} {'ok' if ok else 'TOO LARGE'}")
+    return shipped
+
+
+def _per_layer(graph, inputs, refs, files, run_files, dialect, shipped, steps, model_name):
+    """The per-layer report (tracecap.layer_report) of written files; prints its verdict line per runtime."""
+    from tracecap import layer_report, progress
+    from tracecap.mappers import caffe
+    names = list(shipped) or None
+    steps(f"comparing every layer with PyTorch{' on ' + ', '.join(names) if names else ''}")
+    tick = progress.reporter("per-layer runs", quiet=steps.quiet)
+    report = layer_report.build(graph, *files, inputs, layers=caffe.to_layers(graph, dialect), dialect=dialect,
+                                runtime_names=names, deployed=shipped, model=model_name, eager=refs,
+                                progress=tick, run_files=run_files)
+    for rt, r in report["runtimes"].items():
+        where = f"first divergence at layer {r['first_divergence']}" if r["first_divergence"] else \
+            ("every layer within tolerance" if r["ok"] else "outputs beyond tolerance")
+        steps.note(f"{rt}: {where}")
+    return report
+
+
+def _pipeline(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, model_name=None):
+    """capture -> (fold BN) -> write -> verify outputs -> per-layer report: what export and convert run."""
+    import tempfile
+    from tracecap import runtimes
+    from tracecap.mappers import caffe
+    from tracecap.verify import runnable
+    t0 = time.perf_counter()
+    refs, graph = _run_and_capture(model, inputs, steps)
     if fold_bn:
         from tracecap.passes import fold_batchnorm, run_passes
         run_passes(graph, [fold_batchnorm])
-    refs = reference if isinstance(reference, (list, tuple)) else [reference]
-
-    os.makedirs(outdir, exist_ok=True)
-    proto = os.path.join(outdir, f"{name}.prototxt")
-    caffemodel = os.path.join(outdir, f"{name}.caffemodel")
-    _step(3, total, f"writing {proto} and {caffemodel} ({dialect} dialect, {len(graph.nodes)} ops)", quiet)
+    path = os.fspath(path)
+    if os.path.dirname(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    proto, caffemodel = f"{path}.prototxt", f"{path}.caffemodel"
+    steps(f"writing {proto} and {caffemodel} ({dialect} dialect, {len(graph.nodes)} ops)")
     caffe.save(graph, proto, caffemodel, dialect=dialect)
-    summary = {"model": spec, "weights": weights and os.fspath(weights), "dialect": dialect,
-               "prototxt": proto, "caffemodel": caffemodel,
+    summary = {"dialect": dialect, "prototxt": proto, "caffemodel": caffemodel,
                "inputs": {b.name: list(b.shape) for b in graph.inputs},
                "outputs": [b.name for b in graph.outputs], "ops": len(graph.nodes), "verify": {}}
-    if verify:
-        _verify(graph, inputs, refs, proto, caffemodel, dialect, summary, total, quiet)
+    if verify or per_layer:
+        if not runtimes.available():
+            raise ConvertError("--verify: no real runtime is available here (pip install opencv-python-headless, "
+                               "or build Caffe with python -m tracecap.runtimes.build_caffe)")
+        with tempfile.TemporaryDirectory(prefix="tracecap-verify-") as tmp:
+            run_files = runnable(proto, caffemodel, dialect, tmp)
+            shipped = _verify_outputs(graph, inputs, refs, run_files, summary, steps, read_all=per_layer)
+            if per_layer:
+                summary["per_layer"] = _per_layer(graph, inputs, refs, (proto, caffemodel), run_files, dialect,
+                                                  shipped, steps, model_name)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
+    return summary
+
+
+def export(model, args, path, dialect="opencv", verify=True, per_layer=False, fold_bn=False, quiet=True):
+    """Convert ``model`` run on ``args`` to ``path``.prototxt + ``path``.caffemodel, like torch.onnx.export.
+
+    ``args``: a tensor or a tuple of tensors (the forward's positional inputs). ``verify`` runs the
+    files on every available real runtime and compares the outputs with PyTorch; ``per_layer`` also
+    compares every layer (``tracecap.layer_report``). Returns the summary: ``prototxt``,
+    ``caffemodel``, ``dialect``, ``inputs`` {blob: shape}, ``outputs``, ``ops``, ``verify``
+    {runtime: {"max_abs_diff", "ok"}}, ``per_layer`` (the report, when asked) and ``seconds``.
+    Failures raise ``tracecap.TracecapError`` subclasses with one clear message (a forward that fails
+    on ``args`` names the error, your file:line and the module).
+    """
+    from tracecap.progress import Steps
+    inputs = _as_inputs(args)
+    steps = Steps(2 + bool(verify or per_layer) + bool(per_layer), quiet=quiet)
+    return _pipeline(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, type(model).__name__)
+
+
+def _seeded(factory_call, seed):
+    """Build the model under a fixed torch seed (then restore the caller's RNG): the same SPEC gives the
+    same initial weights in convert and in verify --against."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory_call()
+
+
+def _load(spec, weights, code, seed, steps):
+    steps(f"loading model {spec}")
+    model, default_shape, short = _seeded(lambda: resolve_model(spec, code), seed)
+    if weights is not None:
+        load_weights(model, weights, steps.quiet)
+    model.eval()
+    return model, default_shape, short
+
+
+@legacy_option
+def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=None, quiet=False, weights=None,
+            fold_bn=False, code=None, per_layer=False):
+    """Resolve ``spec``, then ``export`` it: return the summary dict (also written as OUTDIR/NAME.json).
+
+    ``per_layer`` implies ``verify``. ``legacy="0.3"`` runs it all (loading the model file, building,
+    the reference forward, the capture) under ``tracecap.legacy.compat``."""
+    from tracecap.progress import Steps
+    verify = verify or per_layer
+    steps = Steps(3 + bool(verify) + bool(per_layer), quiet=quiet)
+    t0 = time.perf_counter()
+    model, default_shape, short = _load(spec, weights, code, seed, steps)
+    name = name or short
+    if not shapes:
+        if default_shape is None:
+            raise ConvertError("give the input shape(s) with --input, e.g. --input 1x3x224x224")
+        shapes = [tuple(default_shape)]
+    gen = torch.Generator().manual_seed(seed)
+    inputs = [torch.randn(s, generator=gen) for s in shapes]
+    result = _pipeline(model, inputs, os.path.join(outdir, name), dialect, verify, per_layer, fold_bn, steps, spec)
+    summary = {"model": spec, "weights": weights and os.fspath(weights), **result,
+               "seconds": round(time.perf_counter() - t0, 3)}
     with open(os.path.join(outdir, f"{name}.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+@legacy_option
+def verify_against(prototxt, caffemodel, spec, shapes=None, weights=None, code=None, fold_bn=False, seed=0,
+                   npz=None, runtime_names=None, quiet=False):
+    """The per-layer report of existing Caffe files against the PyTorch model ``spec`` (resolved as
+    ``convert`` resolves it, built with the same seed). Inputs: ``npz`` arrays by blob name, else
+    seeded random ones of ``shapes`` or of the shapes the prototxt declares."""
+    from tracecap import layer_report
+    from tracecap.mappers import caffe
+    from tracecap.mappers.caffe.inspect import parse_any_dialect
+    from tracecap.progress import Steps
+    from tracecap.verify import input_shapes
+    steps = Steps(4, quiet=quiet)
+    dialect = parse_any_dialect(prototxt)[1]
+    declared = input_shapes(prototxt)
+    model, _, _ = _load(spec, weights, code, seed, steps)
+    if npz is not None:
+        import numpy as np
+        with np.load(npz) as data:
+            missing = [k for k in declared if k not in data.files]
+            if missing:
+                raise ConvertError(f"{npz} has no array for input(s) {', '.join(missing)}")
+            inputs = [torch.from_numpy(data[k].astype(np.float32)) for k in declared]
+    else:
+        if shapes and len(shapes) != len(declared):
+            raise ConvertError(f"{len(shapes)} --input shape(s) given; {prototxt} has {len(declared)} input(s) "
+                               f"({', '.join(declared)})")
+        gen = torch.Generator().manual_seed(seed)
+        inputs = [torch.randn(s, generator=gen) for s in (shapes or list(declared.values()))]
+    refs, graph = _run_and_capture(model, inputs, steps)
+    if fold_bn:
+        from tracecap.passes import fold_batchnorm, run_passes
+        run_passes(graph, [fold_batchnorm])
+    names = [caffe.caffe_name(b) for b in graph.inputs]
+    if names != list(declared):
+        raise ConvertError(f"the capture of {spec} has input(s) {', '.join(names)}; {prototxt} declares "
+                           f"{', '.join(declared)}: these files were not converted from this model")
+    steps("mapping the capture to Caffe layers")
+    layers = caffe.to_layers(graph, dialect)
+    steps("comparing every layer with PyTorch")
+    from tracecap import progress
+    return layer_report.build(graph, prototxt, caffemodel, inputs, layers=layers, dialect=dialect,
+                              runtime_names=runtime_names, model=spec, eager=refs,
+                              progress=progress.reporter("per-layer runs", quiet=quiet))

@@ -75,13 +75,15 @@ def available(dialect=None):
             if (dialect is None or dialect in rt.dialects) and _module(name).is_available()]
 
 
-def run(prototxt, caffemodel, inputs, runtime="opencv", blobs=None, timeout=None):
+def run(prototxt, caffemodel, inputs, runtime="opencv", blobs=None, timeout=None, fusion=True):
     """Run the model once and return ``{blob name: np.ndarray}`` (float32).
 
     prototxt, caffemodel: paths.  inputs: ``{input blob name: array}`` (NCHW, cast to float32).
     runtime: "opencv" or "caffe".  blobs: names of blobs to return instead of the outputs.
     timeout: seconds the Caffe child may take (default $TRACECAP_CAFFE_TIMEOUT or 600);
     ignored by OpenCV, which runs in this process.
+    fusion: False runs every layer on its own where the runtime would fuse some (OpenCV's
+    ``enableFusion(False)``), so each top read is the value its layer computes; Caffe never fuses.
     """
     if runtime not in _REGISTRY:
         raise ValueError("unknown runtime %r; choose one of %s" % (runtime, ", ".join(_REGISTRY)))
@@ -95,7 +97,8 @@ def run(prototxt, caffemodel, inputs, runtime="opencv", blobs=None, timeout=None
         if isinstance(blobs, str):
             blobs = [blobs]
         blobs = list(blobs)
-    return _module(runtime).run(prototxt, caffemodel, inputs, blobs=blobs, timeout=timeout)
+    extra = {} if fusion else {"fusion": False}  # only then: a runtime that never fuses need not know the option
+    return _module(runtime).run(prototxt, caffemodel, inputs, blobs=blobs, timeout=timeout, **extra)
 
 
 # --------------------------------------------------------------------------- prototxt summary

@@ -51,7 +51,8 @@ def _timeout(timeout):
     return float(env) if env else DEFAULT_TIMEOUT
 
 
-def run(prototxt, caffemodel, inputs, blobs=None, timeout=None):
+def run(prototxt, caffemodel, inputs, blobs=None, timeout=None, fusion=True):
+    """Run in a child process; ``fusion`` is accepted for the common interface (Caffe runs layers as written)."""
     pydir = find_caffe()
     if pydir is None:
         raise RuntimeFailure(NOT_BUILT)

@@ -1,6 +1,8 @@
 """Run a Caffe model with OpenCV's Caffe importer (cv2.dnn), in this process."""
 import importlib.util
+import os
 import re
+import tempfile
 
 import numpy as np
 
@@ -27,22 +29,58 @@ def _one_line(err):
     return text if len(text) <= 500 else text[:500] + " ..."
 
 
-def run(prototxt, caffemodel, inputs, blobs=None, timeout=None):
-    """Run in this process (``timeout`` is not applied: OpenCV cannot be interrupted)."""
+def _load(cv2, path, caffemodel, prototxt):
+    try:
+        net = cv2.dnn.readNetFromCaffe(path, caffemodel)
+    except cv2.error as e:
+        raise RuntimeFailure("OpenCV could not load the model %s: %s" % (prototxt, _one_line(e)),
+                             log=str(e))
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+    return net
+
+
+def _with_readers(prototxt, blobs, tmpdir):
+    """A copy of the prototxt with an identity Split right after the layer of each blob in ``blobs``.
+
+    Measured with OpenCV 4.14: when several layers' outputs are asked for at once, the second and
+    later outputs of a layer (ShuffleNet's Slice) can come back overwritten - their memory is reused
+    later in the forward pass - while its first output is kept. A Split that reads such an output as
+    soon as it is made copies it into a first output of its own. Returns (path, {blob: Split name}).
+    """
+    from google.protobuf import text_format
+    from tracecap.mappers.caffe.proto import module_for
+    pb = module_for("opencv")
+    with open(prototxt, encoding="utf-8") as f:
+        net = text_format.Parse(f.read(), pb.NetParameter())
+    layers = list(net.layer)
+    del net.layer[:]
+    wanted, readers, names = set(blobs), {}, {l.name for l in layers} | {t for l in layers for t in l.top}
+    for layer in layers:
+        net.layer.add().CopyFrom(layer)
+        for t in layer.top[1:]:
+            if t in wanted:
+                name = t + "/tracecap_read"
+                while name in names:
+                    name += "_"
+                names.add(name)
+                net.layer.add(name=name, type="Split", bottom=[t], top=[name])
+                readers[t] = name
+    path = os.path.join(tmpdir, os.path.basename(prototxt))
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text_format.MessageToString(net))
+    return path, readers
+
+
+def run(prototxt, caffemodel, inputs, blobs=None, timeout=None, fusion=True):
+    """Run in this process (``timeout`` is not applied: OpenCV cannot be interrupted); ``fusion=False``
+    keeps OpenCV from fusing layers (each read top is then its own layer's value)."""
     from tracecap.runtimes import summarize
     cv2 = _cv2()
     try:
         summary = summarize(prototxt)
     except (ValueError, IndexError) as e:
         raise RuntimeFailure("OpenCV runtime: cannot read %s: %s" % (prototxt, e))
-
-    try:
-        net = cv2.dnn.readNetFromCaffe(prototxt, caffemodel)
-    except cv2.error as e:
-        raise RuntimeFailure("OpenCV could not load the model %s: %s" % (prototxt, _one_line(e)),
-                             log=str(e))
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
 
     unknown = [n for n in inputs if n not in summary.inputs]
     if unknown:
@@ -64,9 +102,16 @@ def run(prototxt, caffemodel, inputs, blobs=None, timeout=None):
             result[b] = arrays[b].copy()
         else:
             raise RuntimeFailure("OpenCV runtime: no blob named %r in %s" % (b, prototxt))
+    later = [b for b in requests if summary.producer[b][1] > 0]
+    with tempfile.TemporaryDirectory(prefix="tracecap-opencv-") as tmp:
+        prototxt_run, readers = _with_readers(prototxt, later, tmp) if later else (prototxt, {})
+        net = _load(cv2, prototxt_run, caffemodel, prototxt)
+    net.enableFusion(bool(fusion))
+    producer = dict(summary.producer)
+    producer.update((b, (name, 0)) for b, name in readers.items())
     layer_names = []
     for b in requests:
-        lname = summary.producer[b][0]
+        lname = producer[b][0]
         if lname not in layer_names:
             layer_names.append(lname)
 
@@ -78,7 +123,7 @@ def run(prototxt, caffemodel, inputs, blobs=None, timeout=None):
         raise RuntimeFailure("OpenCV failed to run %s: %s" % (prototxt, _one_line(e)), log=str(e))
     by_layer = dict(zip(layer_names, outs))
     for b in requests:
-        lname, k = summary.producer[b]
+        lname, k = producer[b]
         got = by_layer[lname]
         if k >= len(got):
             raise RuntimeFailure("OpenCV runtime: layer %r gave %d output(s), blob %r is its output %d"
