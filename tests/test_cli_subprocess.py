@@ -1,6 +1,5 @@
 """The installed `tracecap` command, run as a user runs it: convert + verify + per-layer report of three
 bundled models, and the errors a user meets first - each exit status 2, one message, no traceback."""
-import importlib.util
 import json
 import os
 import shutil
@@ -124,15 +123,29 @@ def test_first_errors_exit_2_with_one_message(case, tmp_path):
     assert r.returncode == 2 and "Traceback" in r.stderr
 
 
-def test_html_without_the_page_module_is_a_clear_error_or_a_page(tmp_path):
-    """--html needs tracecap.html_report (written separately): either it makes the page or it says so."""
-    require_runtime("opencv")
-    r = _tracecap("convert", "lenet", "--dialect", "opencv", "--html", tmp_path / "r.html", "-o", tmp_path)
-    assert "Traceback" not in r.stderr
-    if importlib.util.find_spec("tracecap.html_report") is None:
-        assert r.returncode == 2 and "--html: the HTML report is not available" in r.stderr
-    else:
-        assert r.returncode == 0 and (tmp_path / "r.html").is_file()
+def test_the_html_page_of_a_corrupted_layer_names_it(tmp_path):
+    """verify --against --html: the page's banner, table row and graph box mark the corrupted layer."""
+    names = _runtimes()
+    assert _tracecap("convert", "cifar_resnet20", "--dialect", "opencv", "-o", tmp_path, "--quiet").returncode == 0
+    caffemodel = tmp_path / "cifar_resnet20.caffemodel"
+    net = module_for("opencv").NetParameter.FromString(caffemodel.read_bytes())
+    (layer,) = [l for l in net.layer if l.name == "layer2.0.conv2"]
+    data = np.array(layer.blobs[0].data, dtype=np.float32)
+    del layer.blobs[0].data[:]
+    layer.blobs[0].data.extend((data * -1).tolist())
+    caffemodel.write_bytes(net.SerializeToString())
+    page = tmp_path / "report.html"
+    r = _tracecap("verify", tmp_path / "cifar_resnet20.prototxt", caffemodel, "--against", "cifar_resnet20",
+                  "--html", page)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    html = page.read_text()
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
+    assert html.count("first divergence") >= len(names) and "layer2.0.conv2" in html
+    assert "cifar_resnet.py:" in html
+    import xml.etree.ElementTree as ET
+    svg = html[html.index("<svg"):html.index("</svg>") + len("</svg>")]
+    boxes = [e for e in ET.fromstring(svg).iter() if "st-first" in e.get("class", "").split()]
+    assert len(boxes) == 1 and "layer2.0.conv2" in "".join(boxes[0].itertext())
 
 
 README = __import__("pathlib").Path(__file__).resolve().parents[1] / "README.md"

@@ -94,21 +94,11 @@ def _report_options(parser, verify=False):
                                                        "page (implies --per-layer)")
 
 
-def _html_writer(path):
-    """``write_html`` of tracecap.html_report when --html FILE is asked for (checked before any work), else None."""
-    if not path:
-        return None
-    try:
-        from tracecap.html_report import write_html
-    except ImportError as exc:
-        raise TracecapError(f"--html: the HTML report is not available in this build ({exc})") from None
-    return write_html
-
-
 def _show_layers(report, as_json, html):
     from tracecap.layer_report import format_report, ok
     if html:
-        _html_writer(html)(report, report["prototxt"], html)
+        from tracecap.html_report import write_html
+        write_html(report, report["prototxt"], html)
     if not as_json:
         print(format_report(report))
     return 0 if ok(report) else 1
@@ -119,7 +109,6 @@ def _run_convert(args) -> int:
     from tracecap.convert import convert, parse_shape
 
     per_layer = args.per_layer or bool(args.html)
-    _html_writer(args.html)
     summary = convert(args.spec, [parse_shape(s) for s in args.input], args.outdir, dialect=args.dialect,
                       verify=args.verify or per_layer, seed=args.seed, name=args.name, quiet=args.quiet,
                       weights=args.weights, fold_bn=args.fold_bn, code=args.code, legacy=args.legacy,
@@ -160,7 +149,6 @@ def _verify_options(parser):
 def _run_verify(args) -> int:
     if args.against:
         from tracecap.convert import parse_shape, verify_against
-        _html_writer(args.html)
         report = verify_against(args.prototxt, args.caffemodel, args.against,
                                 shapes=[parse_shape(s) for s in args.input], weights=args.weights, code=args.code,
                                 fold_bn=args.fold_bn, seed=args.seed, npz=args.inputs, runtime_names=args.runtime,
