@@ -268,7 +268,8 @@ def save_memory(args) -> bool:
             runs[mode].append(_memory_child(mode, args.dialect))
     model_bytes = runs["save"][0]["model_bytes"]
     capture_hwm = statistics.median(r["capture_hwm"] for r in runs["capture"])
-    save_hwm = statistics.median(r["save_hwm"] for r in runs["save"])
+    # the save process's own peak: before the reset (capturing) or after it (saving)
+    save_hwm = statistics.median(max(r["capture_hwm"], r["save_hwm"]) for r in runs["save"])
     by_modes = (save_hwm - capture_hwm) / model_bytes
     print(f"VGG-16: caffemodel {model_bytes / 1e6:.1f} MB; median of {args.memory_runs} fresh processes per mode")
     print(f"  VmHWM capture only        {capture_hwm / 1e6:8.1f} MB")

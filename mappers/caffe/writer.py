@@ -30,34 +30,21 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 from google.protobuf import text_format
 
 from tracecap import atomic
 from tracecap.mappers.caffe.lazy_blob import LazyBlob, written_array
 from tracecap.mappers.caffe.proto import module_for
+from tracecap.mappers.caffe.prototxt import prototxt_text
 from tracecap.mappers.caffe.wire import (LAYER_BLOBS, NET_LAYER, NET_LAYER_TAG, array_blob_pieces, blob_array,
-                                         copy_field, encode_varint, framed_blobs, has_unknown_fields,
-                                         message_blob_pieces, split_encoded, split_fields, with_blobs)
+                                         encode_varint, framed_blobs, has_unknown_fields, message_blob_pieces,
+                                         split_encoded, split_fields, with_blobs)
 
+__all__ = ["prototxt_text", "save", "save_parts", "caffemodel_bytes", "load"]
 
 
 # ------------------------------------------------------------------ public
-
-
-def prototxt_text(net) -> str:
-    """The prototxt of ``net``: its text format with every layer's blobs left out."""
-    if not any(len(layer.blobs) for layer in net.layer):
-        return text_format.MessageToString(net)
-    head = type(net)()
-    for fd, value in net.ListFields():
-        if fd.number != NET_LAYER:
-            copy_field(head, fd, value)
-    for layer in net.layer:
-        stripped = head.layer.add()
-        for fd, value in layer.ListFields():
-            if fd.number != LAYER_BLOBS:
-                copy_field(stripped, fd, value)
-    return text_format.MessageToString(head)
 
 
 def save(net, prototxt_path, caffemodel_path, *, fsync: bool = False, progress=None) -> None:
@@ -187,9 +174,17 @@ def _checked_blobs(net, blobs) -> list:
     for layer, arrays in zip(net.layer, per_layer):
         if arrays and len(layer.blobs):
             raise ValueError(f"layer {layer.name!r} has blobs both in the net and given beside it")
-    return [[a if isinstance(a, LazyBlob) else blob_array(a, f"layer {layer.name!r} ({layer.type}): blob {i}")
+    return [[a if _ready(a) else blob_array(a, f"layer {layer.name!r} ({layer.type}): blob {i}")
              for i, a in enumerate(arrays)]
             for layer, arrays in zip(net.layer, per_layer)]
+
+
+_F4 = np.dtype("<f4")
+
+
+def _ready(a) -> bool:
+    """Already what the file takes (as ``netspec.to_net`` leaves them): a LazyBlob or a float32 C array."""
+    return isinstance(a, LazyBlob) or (type(a) is np.ndarray and a.dtype == _F4 and a.flags.c_contiguous)
 
 
 def _write_caffemodel(net, write, arrays=None, report=None) -> None:
@@ -218,7 +213,9 @@ def _write_caffemodel(net, write, arrays=None, report=None) -> None:
     write(before)
     for i, layer in enumerate(net.layer):
         own = arrays[i] if arrays is not None else ()
-        pieces = _layer_pieces(layer, [written_array(a, f"layer {layer.name!r}: blob {k}") for k, a in enumerate(own)])
+        if any(isinstance(a, LazyBlob) for a in own):  # made now, dropped once the layer is written
+            own = [written_array(a, f"layer {layer.name!r}: blob {k}") for k, a in enumerate(own)]
+        pieces = _layer_pieces(layer, own)
         write(NET_LAYER_TAG + encode_varint(sum(len(p) for p in pieces)))
         if report is None:
             for p in pieces:
