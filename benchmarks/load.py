@@ -11,7 +11,8 @@ Three checkpoints, written once into a temporary directory:
 Each round loads every variant once, in rotating order (the machine is noisy; interleaving
 exposes every variant to the same load); the script prints the medians of the rounds and the
 ratios to ``torch.load(weights_only=True)`` of the same zip file. Target for the zip files:
-tracecap / torch.load <= 1.0 (issue 17). Run:
+tracecap / torch.load <= 1.0 (issue 17). With the optional ``isal`` package (ISA-L's CRC-32) the
+zip files are also loaded with zlib's CRC, the fallback, for comparison. Run:
 ``python benchmarks/load.py [--rounds N] [--mb SIZE] [--no-big] [--check]``.
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 import checkpoint_fixtures  # noqa: E402
-from tracecap.checkpoint import load_checkpoint  # noqa: E402
+from tracecap.checkpoint import crc, load_checkpoint  # noqa: E402
 
 TARGET_LEGACY = 1.5  # tracecap(legacy) / torch.load(zip)
 TARGET_ZIP = 1.0     # tracecap(zip) / torch.load(zip, weights_only=True)
@@ -72,6 +73,16 @@ def nbytes_of(sd) -> int:
     return sum(t.numel() * t.element_size() for t in sd.values())
 
 
+def zlib_crc(fn, *args):
+    """``fn(*args)`` with the checkpoint reader's CRC-32 done by zlib instead of ISA-L."""
+    saved = crc._fast_crc32, crc.FAST
+    crc._fast_crc32, crc.FAST = None, False
+    try:
+        return fn(*args)
+    finally:
+        crc._fast_crc32, crc.FAST = saved
+
+
 def torch_load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -99,6 +110,8 @@ def write_files(tmp: Path, args) -> tuple[dict, dict]:
         described[name] = f"{len(sd)} tensors, {nbytes_of(sd) / 1e6:.1f} MB"
         del sd, check
         variants[f"{name}: tracecap, zip file"] = lambda path=path: load_checkpoint(path)
+        if crc.FAST:  # the fallback too, for machines without the optional package
+            variants[f"{name}: tracecap, zip, zlib CRC"] = lambda path=path: zlib_crc(load_checkpoint, path)
         variants[f"{name}: torch.load, zip file"] = lambda path=path: torch_load(path)
     return variants, described
 
@@ -122,7 +135,7 @@ def main(argv=None) -> int:
                     times[name].append(t)
     med = {name: statistics.median(v) for name, v in times.items()}
     print(f"{args.rounds} rounds, median, rotating order; torch {torch.__version__}; "
-          f"torch.load with weights_only=True")
+          f"torch.load with weights_only=True; CRC-32 by {'ISA-L (isal)' if crc.FAST else 'zlib'}")
     ok = True
     for label, what in described.items():
         base = med[f"{label}: torch.load, zip file"]

@@ -9,7 +9,7 @@ import torch
 
 import checkpoint_fixtures
 import tracecap
-from tracecap.checkpoint import load_checkpoint, zip_format
+from tracecap.checkpoint import crc, load_checkpoint, zip_format
 from tracecap.errors import CheckpointError
 from tracecap.mappers import caffe
 from tracecap.mappers.caffe import netspec, writer
@@ -90,6 +90,18 @@ def test_load_checkpoint_reports_every_storage_of_a_zip_file(tmp_path):
     assert len(calls) >= len(sd)
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_zip_loads_the_same_with_either_crc(tmp_path, monkeypatch, fast):
+    if not fast:
+        monkeypatch.setattr(crc, "FAST", False)
+        monkeypatch.setattr(crc, "_fast_crc32", None)
+    sd = state_dict()
+    path = tmp_path / "sd.pt"
+    torch.save(sd, path)
+    loaded = load_checkpoint(path)
+    assert all(torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in sd.items())
+
+
 def test_load_checkpoint_reports_other_formats_once(tmp_path):
     sd = state_dict()
     del sd["half"]
@@ -112,8 +124,14 @@ def _corrupt_record(path, record_suffix, out):
     out.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("size", [100, 2_000_000])   # checked at once, and on the worker thread
-def test_a_damaged_storage_still_fails_the_load(tmp_path, size):
+@pytest.mark.parametrize("fast", [True, False])   # ISA-L's CRC (when installed) and zlib's
+@pytest.mark.parametrize("size", [100, 2_000_000])   # zlib: checked at once, and on the worker thread
+def test_a_damaged_storage_still_fails_the_load(tmp_path, monkeypatch, size, fast):
+    if fast and not crc.FAST:
+        pytest.skip("the optional isal package is not installed")
+    if not fast:
+        monkeypatch.setattr(crc, "FAST", False)
+        monkeypatch.setattr(crc, "_fast_crc32", None)
     assert (size * 4 >= zip_format._StorageCrcs.THREAD_FROM) == (size > 1000)
     path, bad = tmp_path / "ok.pt", tmp_path / "bad.pt"
     torch.save({"w": torch.randn(size)}, path)

@@ -8,23 +8,23 @@ Records under one top directory (any name, usually ``archive``):
 * ``version``, ``.format_version``, ``.storage_alignment``, ``.data/serialization_id`` — metadata
 
 ``zipfile`` validates the central directory; each record's bytes are then read in place from
-the local header's data offset, size-checked against the storage's claim and CRC-checked. The
-CRC of a big storage is computed by a worker thread while the next ones are read and the pickle
-is decoded (``zlib.crc32`` releases the GIL), and every result is checked before the object is
-returned: a damaged record still fails the load, the check just no longer costs its own pass.
+the local header's data offset, size-checked against the storage's claim and CRC-checked
+(``crc``: ISA-L's CRC when installed). With zlib's slower one, the CRC of a big storage is computed
+by a worker thread while the next ones are read and the pickle is decoded (``zlib.crc32`` releases
+the GIL); every result is checked before the object is returned, so a damaged record still fails
+the load.
 """
 from __future__ import annotations
 
 import struct
 import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 from tracecap.errors import CheckpointError
 
-from . import torchscript
+from . import crc, torchscript
 from .legacy_pickle_format import collect_facts
 from .policy import CheckpointPolicy
 from .result import CheckpointInfo
@@ -82,7 +82,7 @@ class ZipRecords:
         return data
 
     def check_crc(self, record: str, data) -> None:
-        if zlib.crc32(data) != self.infos[record].CRC:
+        if crc.crc32(data) != self.infos[record].CRC:
             raise CheckpointError(f"{self.name}: zip record {record!r} is damaged (CRC mismatch)")
 
 
@@ -98,7 +98,8 @@ def _prefix(records: ZipRecords) -> str:
 
 
 class _StorageCrcs:
-    """CRC checks of storage records: small ones at once, big ones on a worker thread, all by :meth:`finish`."""
+    """CRC checks of storage records: at once, or (zlib's slow CRC, big records) on a worker thread,
+    all done by :meth:`finish`."""
 
     THREAD_FROM = 1 << 20  # bytes; below this a thread costs more than it saves
 
@@ -106,17 +107,17 @@ class _StorageCrcs:
         self.records, self.pending, self._pool = records, [], None
 
     def add(self, record: str, data) -> None:
-        if data.nbytes < self.THREAD_FROM:
+        if crc.FAST or data.nbytes < self.THREAD_FROM:
             self.records.check_crc(record, data)
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="tracecap-crc")
-        self.pending.append((record, self._pool.submit(zlib.crc32, data)))
+        self.pending.append((record, self._pool.submit(crc.crc32, data)))
 
     def finish(self) -> None:
         pending, self.pending = self.pending, []
-        for record, crc in pending:
-            if crc.result() != self.records.infos[record].CRC:
+        for record, result in pending:
+            if result.result() != self.records.infos[record].CRC:
                 raise CheckpointError(f"{self.records.name}: zip record {record!r} is damaged (CRC mismatch)")
 
     def close(self) -> None:
