@@ -54,6 +54,14 @@ class LazyBlob:
         return f"LazyBlob(shape={self.shape})"
 
 
+_F4 = np.dtype("<f4")
+
+
+def ready(blob) -> bool:
+    """Is ``blob`` already what the writer takes: a LazyBlob, or a float32 little-endian C-order array?"""
+    return isinstance(blob, LazyBlob) or (type(blob) is np.ndarray and blob.dtype == _F4 and blob.flags.c_contiguous)
+
+
 def written_array(blob, ctx: str = "blob") -> np.ndarray:
     """``blob`` (an array or a :class:`LazyBlob`) as the float32 C-order array written to the file."""
     return blob.materialize(ctx) if isinstance(blob, LazyBlob) else blob_array(blob, ctx)

@@ -24,7 +24,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from tracecap.errors import MappingError
 from tracecap.mappers.caffe.proto import DIALECTS, PARAM_FIELD_OVERRIDES, PARAMETERLESS, module_for
-from tracecap.mappers.caffe.lazy_blob import LazyBlob, written_array
+from tracecap.mappers.caffe.lazy_blob import ready, written_array
 from tracecap.mappers.caffe.wire import array_blob_pieces, blob_array, is_repeated
 
 
@@ -37,8 +37,9 @@ class Layer:
     ("MAX") or number. ``blobs`` are the weights, written as float32 with their
     shape: arrays (a float32 C-order array is written from its own memory; it may
     be a read-only view of a tensor, so never change one in place) or
-    ``lazy_blob.LazyBlob`` (made only while written). ``extra`` sets other LayerParameter fields (``include``, ``param``,
-    ``propagate_down``, ``loss_weight``, another ``*_param``) the same way.
+    ``lazy_blob.LazyBlob`` (made only while written). ``extra`` sets other
+    LayerParameter fields (``include``, ``param``, ``propagate_down``,
+    ``loss_weight``, another ``*_param``) the same way.
     """
 
     type: str
@@ -194,8 +195,7 @@ def _add_layer(net, layer: Layer, dialect, types, produced: set, names: set, blo
             if key in _STRUCTURAL or (own is not None and key == own):
                 raise MappingError(f"{ctx}: extra field {key!r} is set from the Layer itself, not extra")
         _fill(lp, layer.extra, ctx, "", dialect)
-    arrays = [blob if isinstance(blob, LazyBlob) else blob_array(blob, f"{ctx}: blob {i}")
-              for i, blob in enumerate(layer.blobs)]
+    arrays = [blob if ready(blob) else blob_array(blob, f"{ctx}: blob {i}") for i, blob in enumerate(layer.blobs)]
     if blobs_out is None:
         for i, arr in enumerate(arrays):
             lp.blobs.add().MergeFromString(b"".join(array_blob_pieces(written_array(arr, f"{ctx}: blob {i}"))))

@@ -48,7 +48,7 @@ def _layer_text(layer, cache):
         values = value if is_repeated(fd) else (value,)
         if fd.type == _STRING:
             for v in values:
-                out.append(f'  {fd.name}: "{text_encoding.CEscape(v.encode("utf-8"), False)}"\n')
+                out.append(f'  {fd.name}: "{v if _plain(v) else text_encoding.CEscape(v.encode("utf-8"), False)}"\n')
         elif fd.cpp_type == _MESSAGE:
             for v in values:
                 key = (fd.number, v.SerializeToString(deterministic=True))
@@ -62,6 +62,11 @@ def _layer_text(layer, cache):
             out.append(text_format.MessageToString(alone, indent=2))
     out.append("}\n")
     return "".join(out)
+
+
+def _plain(s: str) -> bool:
+    """Does ``CEscape`` leave ``s`` as it is? Printable ASCII without quotes or backslashes (most names)."""
+    return s.isascii() and s.isprintable() and '"' not in s and "'" not in s and "\\" not in s
 
 
 def _slow(net) -> str:

@@ -30,11 +30,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 from google.protobuf import text_format
 
 from tracecap import atomic
-from tracecap.mappers.caffe.lazy_blob import LazyBlob, written_array
+from tracecap.mappers.caffe.lazy_blob import LazyBlob, ready, written_array
 from tracecap.mappers.caffe.proto import module_for
 from tracecap.mappers.caffe.prototxt import prototxt_text
 from tracecap.mappers.caffe.wire import (LAYER_BLOBS, NET_LAYER, NET_LAYER_TAG, array_blob_pieces, blob_array,
@@ -174,17 +173,10 @@ def _checked_blobs(net, blobs) -> list:
     for layer, arrays in zip(net.layer, per_layer):
         if arrays and len(layer.blobs):
             raise ValueError(f"layer {layer.name!r} has blobs both in the net and given beside it")
-    return [[a if _ready(a) else blob_array(a, f"layer {layer.name!r} ({layer.type}): blob {i}")
+    return [[a if ready(a) else blob_array(a, f"layer {layer.name!r} ({layer.type}): blob {i}")
              for i, a in enumerate(arrays)]
             for layer, arrays in zip(net.layer, per_layer)]
 
-
-_F4 = np.dtype("<f4")
-
-
-def _ready(a) -> bool:
-    """Already what the file takes (as ``netspec.to_net`` leaves them): a LazyBlob or a float32 C array."""
-    return isinstance(a, LazyBlob) or (type(a) is np.ndarray and a.dtype == _F4 and a.flags.c_contiguous)
 
 
 def _write_caffemodel(net, write, arrays=None, report=None) -> None:
