@@ -19,7 +19,9 @@ build+save_parts >= 0.8).
 Then, on a captured ResNet-50 (``tracecap.legacy_models``, seed 0), alternating:
 
 * raw -- the caffemodel's blob arrays written with ``ndarray.tofile`` into one file;
-* caffe.save -- ``caffe.save(graph, prototxt, caffemodel)`` (mapping, building, writing).
+* caffe.save -- ``caffe.save(graph, prototxt, caffemodel)`` (mapping, building, writing);
+* raw, reserved -- raw again, with the file's blocks reserved first as the writer does
+  (``tracecap.atomic``): shown for reference, so that the writer's own cost is visible.
 
 Target: raw/caffe.save >= 0.9 (issue 17).
 
@@ -180,6 +182,7 @@ def captured(name: str):
 
 def graph_save(args) -> bool:
     """caffe.save of a captured ResNet-50 against raw tofile of its blob arrays; True on target."""
+    from tracecap import atomic
     from tracecap.mappers import caffe
     from tracecap.mappers.caffe import _build, to_layers
     model, graph = captured("resnet50")
@@ -201,7 +204,14 @@ def graph_save(args) -> bool:
                 for a in arrays:
                     a.tofile(f)
 
-        jobs = {"raw": raw, "caffe.save": lambda: caffe.save(graph, proto, model_path, dialect=args.dialect)}
+        def raw_reserved():  # for reference: the writer reserves the file's blocks first (tracecap.atomic)
+            with open(raw_path, "wb") as f:
+                atomic._reserve(f, int(mb * 1e6))
+                for a in arrays:
+                    a.tofile(f)
+
+        jobs = {"raw": raw, "caffe.save": lambda: caffe.save(graph, proto, model_path, dialect=args.dialect),
+                "raw, reserved": raw_reserved}
         times = {k: [] for k in jobs}
         for run in range(args.runs + 1):  # run 0 warms caches and allocator
             for key in (list(jobs) if run % 2 else list(jobs)[::-1]):
