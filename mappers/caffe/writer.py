@@ -178,7 +178,6 @@ def _checked_blobs(net, blobs) -> list:
             for layer, arrays in zip(net.layer, per_layer)]
 
 
-
 def _write_caffemodel(net, write, arrays=None, report=None) -> None:
     """Emit the canonical encoding of ``net`` through ``write``, piece by piece.
 
