@@ -8,8 +8,8 @@ Three checkpoints, written once into a temporary directory:
 * ResNet-50's state dict (``tracecap.legacy_models``, seed 0; 102 MB) with ``torch.save``;
 * VGG-16's state dict (553 MB) with ``torch.save``.
 
-Each round loads every variant once, in rotating order (the machine is noisy; interleaving
-exposes every variant to the same load); the script prints the medians of the rounds and the
+Each round loads every variant once, in a new random order (the machine is noisy; interleaving
+exposes every variant to the same load, and shuffling to the same allocator states); the script prints the medians of the rounds and the
 ratios to ``torch.load(weights_only=True)`` of the same zip file. Target for the zip files:
 tracecap / torch.load <= 1.0 (issue 17). With the optional ``isal`` package (ISA-L's CRC-32) the
 zip files are also loaded with zlib's CRC, the fallback, for comparison. Run:
@@ -18,6 +18,7 @@ zip files are also loaded with zlib's CRC, the fallback, for comparison. Run:
 from __future__ import annotations
 
 import argparse
+import random
 import statistics
 import sys
 import tempfile
@@ -128,13 +129,16 @@ def main(argv=None) -> int:
         variants, described = write_files(Path(tmp), args)
         times = {name: [] for name in variants}
         names = list(variants)
+        order = random.Random(0)
         for r in range(args.rounds + 1):  # round 0 warms the page cache and allocator
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            # a new order each round: a load right after one of the same file reuses its freed heap
+            # blocks (no page faults), so a fixed rotation would favour whichever variant follows
+            for name in order.sample(names, len(names)):
                 t = timed(variants[name])
                 if r:
                     times[name].append(t)
     med = {name: statistics.median(v) for name, v in times.items()}
-    print(f"{args.rounds} rounds, median, rotating order; torch {torch.__version__}; "
+    print(f"{args.rounds} rounds, median, shuffled order; torch {torch.__version__}; "
           f"torch.load with weights_only=True; CRC-32 by {'ISA-L (isal)' if crc.FAST else 'zlib'}")
     ok = True
     for label, what in described.items():

@@ -219,6 +219,7 @@ def graph_save(args) -> bool:
                 t = _timed(jobs[key])
                 if run:
                     times[key].append(t)
+        caffe.save(graph, proto, model_path, dialect=args.dialect)
         model_bytes = model_path.stat().st_size
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"captured ResNet-50: {len(arrays)} blobs, {mb:.1f} MB of float32; caffemodel "

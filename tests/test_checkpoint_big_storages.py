@@ -6,9 +6,10 @@ import torch
 from tracecap.checkpoint import load_checkpoint, storages
 
 
-def test_big_storages_load_into_premapped_memory_and_behave_like_tensors(tmp_path):
+def test_big_storages_load_into_premapped_memory_and_behave_like_tensors(tmp_path, monkeypatch):
+    monkeypatch.setattr(storages, "_POPULATE_FROM", 1 << 20)
     torch.manual_seed(0)
-    big = torch.randn(1 << 19)   # 2 MiB: above the pre-mapping threshold
+    big = torch.randn(1 << 19)   # 2 MiB: above the (lowered) pre-mapping threshold
     assert big.numel() * 4 >= storages._POPULATE_FROM
     sd = {"big": big, "tied": big, "view": big[10:20], "small": torch.randn(3)}
     path = tmp_path / "sd.pt"

@@ -117,7 +117,9 @@ def allocate(ref: StorageRef, budget: int) -> None:
     ref.data = _populated(nbytes) if nbytes >= _POPULATE_FROM else torch.empty(nbytes, dtype=torch.uint8)
 
 
-_POPULATE_FROM = 1 << 20
+# glibc serves smaller blocks from its heap, whose pages stay mapped from one use to the next;
+# from 32 MiB (its largest mmap threshold) on, every allocation is a new mapping
+_POPULATE_FROM = 32 << 20
 _POPULATE_FLAGS = getattr(mmap, "MAP_POPULATE", None)
 
 
@@ -125,7 +127,8 @@ def _populated(nbytes: int) -> torch.Tensor:
     """``nbytes`` of fresh memory with its pages already mapped (Linux ``MAP_POPULATE``).
 
     A big storage is filled right after it is allocated; mapping its pages in one call costs
-    less than taking one page fault per 4 KiB while the file's bytes are copied in. The tensor
+    less than taking one page fault per 4 KiB while the file's bytes are copied in (glibc gives
+    blocks this big fresh mappings anyway). The tensor
     owns the mapping (it is unmapped when the last tensor on it goes); like the storages of
     ``torch.load(mmap=True)`` it cannot be resized in place.
     """
