@@ -120,15 +120,16 @@ class Context:
 def _constant(b) -> torch.Tensor:
     if not (isinstance(b, Blob) and b.is_constant):
         raise Unsupported("expected a constant (weight) operand")
-    return b.value.detach()
+    t = b.value
+    return t.detach() if t.requires_grad else t
 
 
 def _float32_view(t: torch.Tensor):
     """A read-only numpy view of ``t``'s memory if it is a plain float32 contiguous CPU tensor, else None."""
-    if (t.dtype is not torch.float32 or t.device.type != "cpu" or t.layout is not torch.strided
-            or not t.is_contiguous() or t.is_neg() or t.is_conj()):
+    if (t.dtype is not torch.float32 or not t.is_cpu or t.layout is not torch.strided
+            or not t.is_contiguous() or t.is_neg()):  # (the conjugate bit exists for complex dtypes only)
         return None
-    view = t.numpy()
+    view = (t.detach() if t.requires_grad else t).numpy()
     view.flags.writeable = False
     return view
 
@@ -142,11 +143,11 @@ def tensor_array(t: torch.Tensor) -> np.ndarray:
 def tensor_blob(t: torch.Tensor):
     """``t`` as a blob: the view of :func:`tensor_array`, or a ``LazyBlob`` for a plain CPU floating tensor
     that needs converting (anything else is converted now, so that an error is the mapper's)."""
-    t = t.detach()
+    t = t.detach() if t.requires_grad else t
     view = _float32_view(t)
     if view is not None:
         return view
-    if t.device.type == "cpu" and t.layout is torch.strided and t.dtype.is_floating_point:
+    if t.is_cpu and t.layout is torch.strided and t.dtype.is_floating_point:
         return LazyBlob(tuple(t.shape), lambda: t.float().contiguous().numpy())
     return tensor_array(t)
 
