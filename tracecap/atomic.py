@@ -5,10 +5,14 @@ into place with ``os.replace``. On any failure - an exception half-way through w
 replace that fails - no temporary is left behind and every target that existed before is as
 it was (targets are hard-linked to a backup before being replaced, so they can be put back).
 Used for the Caffe files and for every other output set tracecap writes.
+
+A target may say how big it will be at least: its blocks are then reserved before writing
+(Linux ``fallocate``), which writes a big file noticeably faster than growing it write by write.
 """
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,15 +22,22 @@ def write_files(targets, fsync: bool = False) -> None:
 
     The files are written in the order given and moved into place in that order, so the last
     one appears last. With ``fsync`` data and directory entries are flushed before returning.
+    A target ``(path, emit, at_least)`` promises at least ``at_least`` bytes (a lower bound: the
+    file is exactly what ``emit`` writes either way); its space is reserved up front.
     """
-    paths = [Path(p) for p, _ in targets]
+    paths = [Path(t[0]) for t in targets]
     if len({os.path.abspath(p) for p in paths}) != len(paths):
         raise ValueError("the same path is given twice: " + ", ".join(map(str, paths)))
     temps: list[Path] = []
     try:
-        for path, (_, emit) in zip(paths, targets):
+        for path, target in zip(paths, targets):
+            emit, at_least = target[1], (target[2] if len(target) > 2 else 0)
             with _open_temp(path, temps) as f:
+                if at_least >= _RESERVE_FROM:
+                    _reserve(f, at_least)
                 emit(f.write)
+                if at_least and f.tell() < at_least:  # fewer bytes than promised: no reserved zeros left
+                    f.truncate()
                 _finish(f, fsync)
         _replace_all(list(zip(temps, paths)), fsync)
     finally:
@@ -45,6 +56,37 @@ def _open_temp(target: Path, temps: list):
         f.close()
         raise
     return f
+
+
+_RESERVE_FROM = 1 << 20  # below this, reserving costs more than it saves
+_fallocate = None
+
+
+def _reserve(f, size: int) -> None:
+    """Allocate ``size`` bytes of ``f`` (empty, just opened) before it is written; best effort.
+
+    glibc's ``fallocate`` (through ctypes: ``os.posix_fallocate`` would fall back to writing
+    zeros on filesystems that cannot allocate, doubling the I/O). The file's length becomes
+    ``size``; the writes that follow cover it, since ``size`` is a lower bound.
+    """
+    global _fallocate
+    if _fallocate is None:
+        _fallocate = _load_fallocate()
+    if _fallocate is not False:
+        _fallocate(f.fileno(), 0, 0, size)  # a failure (EOPNOTSUPP, ENOSPC) just leaves it unreserved
+
+
+def _load_fallocate():
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+        fn = ctypes.CDLL(None, use_errno=True).fallocate
+    except (ImportError, OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    fn.restype = ctypes.c_int
+    return fn
 
 
 def _mode_for(target: Path) -> int:

@@ -24,6 +24,7 @@ from google.protobuf.descriptor import FieldDescriptor
 
 from tracecap.errors import MappingError
 from tracecap.mappers.caffe.proto import DIALECTS, PARAM_FIELD_OVERRIDES, PARAMETERLESS, module_for
+from tracecap.mappers.caffe.lazy_blob import ready, written_array
 from tracecap.mappers.caffe.wire import array_blob_pieces, blob_array, is_repeated
 
 
@@ -34,8 +35,11 @@ class Layer:
     ``params`` holds the fields of the layer's ``*_param`` message: scalars,
     lists for repeated fields, dicts for sub-messages, enum values by name
     ("MAX") or number. ``blobs`` are the weights, written as float32 with their
-    shape. ``extra`` sets other LayerParameter fields (``include``, ``param``,
-    ``propagate_down``, ``loss_weight``, another ``*_param``) the same way.
+    shape: arrays (a float32 C-order array is written from its own memory; it may
+    be a read-only view of a tensor, so never change one in place) or
+    ``lazy_blob.LazyBlob`` (made only while written). ``extra`` sets other
+    LayerParameter fields (``include``, ``param``, ``propagate_down``,
+    ``loss_weight``, another ``*_param``) the same way.
     """
 
     type: str
@@ -43,7 +47,7 @@ class Layer:
     bottoms: list[str]
     tops: list[str]
     params: dict = field(default_factory=dict)
-    blobs: list[np.ndarray] = field(default_factory=list)
+    blobs: list = field(default_factory=list)  # np.ndarray | LazyBlob
     extra: dict = field(default_factory=dict)
     #: the graph node this layer was mapped from (set by ``caffe.to_layers``), for reports and errors
     origin: object = field(default=None, repr=False, compare=False)
@@ -67,9 +71,10 @@ class NetWithBlobs(NamedTuple):
 
     ``blobs[i]`` is the list of weight arrays of ``net.layer[i]`` (empty for a
     layer without weights), each float32, little-endian, C order -- what
-    :func:`blob_array` gives. ``writer.save_parts(net, blobs, ...)`` writes the
-    files the equivalent net with blobs would give. The arrays may be the
-    caller's own (no copy when already float32 little-endian C order).
+    :func:`blob_array` gives -- or a ``LazyBlob`` the writer makes while writing
+    it. ``writer.save_parts(net, blobs, ...)`` writes the files the equivalent
+    net with blobs would give. The arrays may be the caller's own (no copy when
+    already float32 little-endian C order).
     """
 
     net: object
@@ -190,10 +195,10 @@ def _add_layer(net, layer: Layer, dialect, types, produced: set, names: set, blo
             if key in _STRUCTURAL or (own is not None and key == own):
                 raise MappingError(f"{ctx}: extra field {key!r} is set from the Layer itself, not extra")
         _fill(lp, layer.extra, ctx, "", dialect)
-    arrays = [blob_array(blob, f"{ctx}: blob {i}") for i, blob in enumerate(layer.blobs)]
+    arrays = [blob if ready(blob) else blob_array(blob, f"{ctx}: blob {i}") for i, blob in enumerate(layer.blobs)]
     if blobs_out is None:
-        for arr in arrays:
-            lp.blobs.add().MergeFromString(b"".join(array_blob_pieces(arr)))
+        for i, arr in enumerate(arrays):
+            lp.blobs.add().MergeFromString(b"".join(array_blob_pieces(written_array(arr, f"{ctx}: blob {i}"))))
     else:
         blobs_out.append(arrays)
     if not lp.IsInitialized():

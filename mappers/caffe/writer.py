@@ -11,12 +11,19 @@ and a ``.caffemodel`` (binary, with blobs):
   exactly ``net.SerializeToString(deterministic=True)``;
 * fast -- blob data is written from numpy buffers straight to the file, layer
   by layer, never through protobuf's own encoder (several times slower for big
-  float arrays) nor one huge bytes object.
+  float arrays) nor one huge bytes object; the file's blocks are reserved up
+  front (``atomic``'s size hint), which writes faster than growing it.
 
 :func:`save_parts` writes the same files from a net built without blobs and
 its weights as numpy arrays beside it (``netspec.to_net(..., with_blobs=False)``):
 the arrays never enter a protobuf message, so building and writing a net costs
-little more than writing its raw weights.
+little more than writing its raw weights. A ``LazyBlob`` among them is made
+right before its layer is written and dropped after it, so the extra memory is
+one layer's transformed weights, not a copy of the model.
+
+Both take ``progress``: ``progress(done_bytes, total_bytes)`` is called as blob
+data reaches the file (after every layer with blobs, and every 64 MiB within a
+big blob), ``done`` growing to ``total``, the bytes of all blob data.
 """
 from __future__ import annotations
 
@@ -26,43 +33,32 @@ from pathlib import Path
 from google.protobuf import text_format
 
 from tracecap import atomic
+from tracecap.mappers.caffe.lazy_blob import LazyBlob, ready, written_array
 from tracecap.mappers.caffe.proto import module_for
+from tracecap.mappers.caffe.prototxt import prototxt_text
 from tracecap.mappers.caffe.wire import (LAYER_BLOBS, NET_LAYER, NET_LAYER_TAG, array_blob_pieces, blob_array,
-                                         copy_field, encode_varint, framed_blobs, has_unknown_fields,
-                                         message_blob_pieces, split_encoded, split_fields, with_blobs)
+                                         encode_varint, framed_blobs, has_unknown_fields, message_blob_pieces,
+                                         split_encoded, split_fields, with_blobs)
 
+__all__ = ["prototxt_text", "save", "save_parts", "caffemodel_bytes", "load"]
 
 
 # ------------------------------------------------------------------ public
 
 
-def prototxt_text(net) -> str:
-    """The prototxt of ``net``: its text format with every layer's blobs left out."""
-    if not any(len(layer.blobs) for layer in net.layer):
-        return text_format.MessageToString(net)
-    head = type(net)()
-    for fd, value in net.ListFields():
-        if fd.number != NET_LAYER:
-            copy_field(head, fd, value)
-    for layer in net.layer:
-        stripped = head.layer.add()
-        for fd, value in layer.ListFields():
-            if fd.number != LAYER_BLOBS:
-                copy_field(stripped, fd, value)
-    return text_format.MessageToString(head)
-
-
-def save(net, prototxt_path, caffemodel_path, *, fsync: bool = False) -> None:
+def save(net, prototxt_path, caffemodel_path, *, fsync: bool = False, progress=None) -> None:
     """Write ``net`` to ``prototxt_path`` (no blobs) and ``caffemodel_path`` (with blobs).
 
     Both or neither: on failure the targets are left as they were. With
     ``fsync`` the data and the directory entries are also flushed to disk
     before returning (slower; guards against power loss, not against errors).
+    ``progress(done_bytes, total_bytes)``: see the module docstring.
     """
-    _save_files(net, prototxt_path, caffemodel_path, lambda write: _write_caffemodel(net, write), fsync)
+    _save_files(net, None, prototxt_path, caffemodel_path, fsync, progress=progress)
 
 
-def save_parts(net, blobs, prototxt_path, caffemodel_path, *, fsync: bool = False, extra=()) -> None:
+def save_parts(net, blobs, prototxt_path, caffemodel_path, *, fsync: bool = False, extra=(),
+               progress=None) -> None:
     """Write ``net`` with ``blobs[i]`` as the blobs of ``net.layer[i]``, as :func:`save` would.
 
     ``net, blobs`` is what ``netspec.to_net(..., with_blobs=False)`` returns:
@@ -74,11 +70,10 @@ def save_parts(net, blobs, prototxt_path, caffemodel_path, *, fsync: bool = Fals
     ``SerializeToString(deterministic=True)`` -- and written the same atomic
     way, but the arrays go from their buffers to the file without ever being
     encoded into protobuf messages. ``extra`` (``[(path, emit)]``, e.g. a quantization table)
-    is written in the same atomic step, before the prototxt.
+    is written in the same atomic step, before the prototxt. A blob may be a ``LazyBlob``
+    (made while its layer is written).
     """
-    arrays = _checked_blobs(net, blobs)
-    _save_files(net, prototxt_path, caffemodel_path,
-                lambda write: _write_caffemodel(net, write, arrays), fsync, extra)
+    _save_files(net, _checked_blobs(net, blobs), prototxt_path, caffemodel_path, fsync, extra, progress)
 
 
 def caffemodel_bytes(net, blobs=None) -> bytes:
@@ -117,8 +112,8 @@ def load(prototxt_path, caffemodel_path=None, dialect: str = "opencv"):
 # ------------------------------------------------------ binary encoding
 
 
-def _save_files(net, prototxt_path, caffemodel_path, emit, fsync: bool, extra=()) -> None:
-    """The prototxt of ``net`` and what ``emit(write)`` writes, both or neither.
+def _save_files(net, arrays, prototxt_path, caffemodel_path, fsync: bool, extra=(), progress=None) -> None:
+    """The prototxt of ``net`` and its caffemodel (blobs from ``arrays`` if given), both or neither.
 
     The caffemodel goes into place first, the prototxt (what a reader opens first) last.
     """
@@ -126,7 +121,45 @@ def _save_files(net, prototxt_path, caffemodel_path, emit, fsync: bool, extra=()
     if os.path.abspath(proto_target) == os.path.abspath(model_target):
         raise ValueError(f"prototxt and caffemodel paths are the same: {proto_target}")
     text = prototxt_text(net).encode("utf-8")
-    atomic.write_files([(model_target, emit), *extra, (proto_target, lambda write: write(text))], fsync=fsync)
+    data_bytes = _data_bytes(net, arrays)
+
+    def emit(write):
+        args = (net, write) if arrays is None else (net, write, arrays)
+        if progress is None:
+            _write_caffemodel(*args)
+        else:
+            _write_caffemodel(*args, report=_Progress(progress, data_bytes))
+
+    # the blob data is a lower bound of the file's size: reserving it never makes the file longer
+    atomic.write_files([(model_target, emit, data_bytes), *extra, (proto_target, lambda write: write(text))],
+                       fsync=fsync)
+
+
+def _data_bytes(net, arrays) -> int:
+    """Bytes of blob data the caffemodel holds (float32 values), from lengths and shapes only."""
+    total = sum(4 * len(blob.data) for layer in net.layer for blob in layer.blobs)
+    if arrays is not None:
+        total += sum(a.nbytes for per_layer in arrays for a in per_layer)
+    return total
+
+
+_CHUNK = 64 << 20  # progress is reported at least this often within a big blob
+
+
+class _Progress:
+    """Counts blob bytes written and tells ``callback(done, total)``."""
+
+    def __init__(self, callback, total: int):
+        self.callback, self.total, self.done = callback, total, 0
+
+    def add(self, n: int) -> None:
+        self.done += n
+        self.callback(self.done, self.total)
+
+    def finish(self) -> None:
+        if self.done != self.total or not self.total:
+            self.done = self.total
+            self.callback(self.done, self.total)
 
 
 def _checked_blobs(net, blobs) -> list:
@@ -140,11 +173,12 @@ def _checked_blobs(net, blobs) -> list:
     for layer, arrays in zip(net.layer, per_layer):
         if arrays and len(layer.blobs):
             raise ValueError(f"layer {layer.name!r} has blobs both in the net and given beside it")
-    return [[blob_array(a, f"layer {layer.name!r} ({layer.type}): blob {i}") for i, a in enumerate(arrays)]
+    return [[a if ready(a) else blob_array(a, f"layer {layer.name!r} ({layer.type}): blob {i}")
+             for i, a in enumerate(arrays)]
             for layer, arrays in zip(net.layer, per_layer)]
 
 
-def _write_caffemodel(net, write, arrays=None) -> None:
+def _write_caffemodel(net, write, arrays=None, report=None) -> None:
     """Emit the canonical encoding of ``net`` through ``write``, piece by piece.
 
     Every message is split around its big field (NetParameter around ``layer``,
@@ -155,21 +189,40 @@ def _write_caffemodel(net, write, arrays=None) -> None:
     another fork's file) are serialized by protobuf whole, so nothing is lost.
 
     ``arrays`` (from :func:`_checked_blobs`), if given, are the blobs of the
-    layers in that order, encoded by ``wire.array_blob_pieces`` from their buffers.
+    layers in that order, encoded by ``wire.array_blob_pieces`` from their buffers;
+    a layer's ``LazyBlob`` s are made just before it is written. ``report`` (a
+    :class:`_Progress`) hears of every blob's data once written.
     """
     if has_unknown_fields(net):
         if arrays is not None:
-            net = with_blobs(net, arrays)
+            net = with_blobs(net, [[written_array(a) for a in per_layer] for per_layer in arrays])
         write(net.SerializeToString(deterministic=True))
+        if report is not None:
+            report.finish()
         return
     before, after = split_fields(net, NET_LAYER)
     write(before)
     for i, layer in enumerate(net.layer):
-        pieces = _layer_pieces(layer, arrays[i] if arrays is not None else ())
+        own = arrays[i] if arrays is not None else ()
+        if any(isinstance(a, LazyBlob) for a in own):  # made now, dropped once the layer is written
+            own = [written_array(a, f"layer {layer.name!r}: blob {k}") for k, a in enumerate(own)]
+        pieces = _layer_pieces(layer, own)
         write(NET_LAYER_TAG + encode_varint(sum(len(p) for p in pieces)))
+        if report is None:
+            for p in pieces:
+                write(p)
+            continue
         for p in pieces:
-            write(p)
+            if type(p) is not memoryview:
+                write(p)
+                continue
+            for start in range(0, len(p), _CHUNK):  # blob data, reported as it goes
+                part = p[start:start + _CHUNK]
+                write(part)
+                report.add(len(part))
     write(after)
+    if report is not None:
+        report.finish()
 
 
 def _layer_pieces(layer, arrays=()) -> list:

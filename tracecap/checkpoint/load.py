@@ -37,8 +37,8 @@ def _check_map_location(map_location):
                      f"supported (move tensors yourself after loading, or use trust=True)")
 
 
-def read_stream(f, name: str, depth: int = 0) -> Checkpoint:
-    """Read one checkpoint from a seekable binary file object."""
+def read_stream(f, name: str, depth: int = 0, progress=None) -> Checkpoint:
+    """Read one checkpoint from a seekable binary file object (``progress``: see :func:`load_checkpoint`)."""
     size = f.seek(0, io.SEEK_END)
     f.seek(0)
     head = f.read(_HEAD)
@@ -52,12 +52,18 @@ def read_stream(f, name: str, depth: int = 0) -> Checkpoint:
         return inner.obj
 
     outer_storages = []
-    obj, info = _READERS[kind](f, size, name, nested)
+    if kind == "zip":
+        obj, info = read_zip(f, size, name, nested, progress)
+    else:
+        obj, info = _READERS[kind](f, size, name, nested)
+        if progress is not None:  # these formats read their storages in one go: report it once
+            total = sum(ref.nbytes for ref in info.storages)
+            progress(total, total)
     info.storages.extend(outer_storages)
     return Checkpoint(obj, info)
 
 
-def read_checkpoint(path, map_location="cpu") -> Checkpoint:
+def read_checkpoint(path, map_location="cpu", progress=None) -> Checkpoint:
     """The object (tensors on the CPU) and facts about the file, without running any of its code."""
     _check_map_location(map_location)
     name = os.fspath(path)
@@ -71,7 +77,7 @@ def read_checkpoint(path, map_location="cpu") -> Checkpoint:
         raise CheckpointError(f"{name}: cannot open: {exc.strerror or exc}") from None
     with f:
         try:
-            return read_stream(f, name)
+            return read_stream(f, name, progress=progress)
         except OSError as exc:
             raise CheckpointError(f"{name}: read error: {exc}") from exc
         except CheckpointError as exc:
@@ -80,13 +86,17 @@ def read_checkpoint(path, map_location="cpu") -> Checkpoint:
             raise CheckpointError(f"{name}: {exc}") from exc  # every message names the file
 
 
-def load_checkpoint(path, map_location="cpu", trust: bool = False):
+def load_checkpoint(path, map_location="cpu", trust: bool = False, progress=None):
     """Load a PyTorch checkpoint of any format (tar, legacy, zip, plain pickle) onto the CPU.
 
     Safe by default: no code from the file runs.  Unknown classes come back as ``Opaque``
     placeholders, pickled nn.Modules as ``ModuleNode`` trees.  ``trust=True`` delegates to
     ``torch.load(weights_only=False)`` — which executes the file's pickled code — after a warning.
     Raises ``tracecap.CheckpointError`` for unreadable, damaged or hostile files.
+
+    ``progress(done_bytes, total_bytes)``, if given, is called as storages are read (after each
+    storage of a zip file; once, at the end, for the other formats and with ``trust``), ``done``
+    growing to ``total``, the bytes of tensor data in the file.
     """
     if trust:
         warnings.warn(
@@ -94,7 +104,11 @@ def load_checkpoint(path, map_location="cpu", trust: bool = False):
             f"RUNS CODE named by the file; do this only for files from authors you trust.",
             TrustWarning, stacklevel=2)
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            obj = torch.load(path, map_location=map_location, weights_only=False)
         except Exception as exc:
             raise CheckpointError(f"{os.fspath(path)}: torch.load failed: {type(exc).__name__}: {exc}") from exc
-    return read_checkpoint(path, map_location).obj
+        if progress is not None:
+            size = os.path.getsize(path)
+            progress(size, size)
+        return obj
+    return read_checkpoint(path, map_location, progress).obj

@@ -30,7 +30,8 @@ class Region:
 
     @classmethod
     def of_bytes(cls, data, name="data"):
-        return cls(io.BytesIO(bytes(data)), 0, len(data), name)
+        """A Region over bytes already in memory (a zip record's pickle): reads are slices, no file calls."""
+        return BytesRegion(bytes(data), name)
 
     @property
     def remaining(self) -> int:
@@ -76,6 +77,46 @@ class Region:
         if n < 0 or n > self.end - self._pos:
             raise CheckpointError(f"{self.name} is truncated: cannot skip {n} bytes at offset {self._pos}")
         self.seek(self._pos + n)
+
+
+class BytesRegion(Region):
+    """:class:`Region` over a bytes object: the same checks, each read one slice (the unpickler reads per opcode)."""
+
+    def __init__(self, data: bytes, name: str = "data"):
+        self._data = data
+        self._f = None
+        self.start, self.end, self.name = 0, len(data), name
+        self._pos = 0
+
+    def seek(self, pos: int) -> None:
+        if not 0 <= pos <= self.end:
+            raise CheckpointError(f"{self.name}: offset {pos} lies outside bytes 0..{self.end}")
+        self._pos = pos
+
+    def read(self, n: int) -> bytes:
+        pos = self._pos
+        end = pos + n
+        if n < 0 or end > self.end:
+            raise CheckpointError(f"{self.name} is truncated: needs {n} bytes at offset {pos}, "
+                                  f"only {self.end - pos} remain")
+        self._pos = end
+        return self._data[pos:end]
+
+    def readline(self, limit: int = 1 << 16) -> bytes:
+        pos = self._pos
+        stop = self._data.find(b"\n", pos, min(self.end, pos + limit))
+        if stop < 0:
+            self._pos = min(self.end, pos + limit)
+            raise CheckpointError(f"{self.name}: unterminated text line near offset {self._pos}")
+        self._pos = stop + 1
+        return self._data[pos:stop + 1]
+
+    def readinto(self, buffer) -> int:
+        view = memoryview(buffer).cast("B")
+        n = min(len(view), self.end - self._pos)
+        view[:n] = self._data[self._pos:self._pos + n]
+        self._pos += n
+        return n
 
 
 class CappedFile:

@@ -8,17 +8,23 @@ Records under one top directory (any name, usually ``archive``):
 * ``version``, ``.format_version``, ``.storage_alignment``, ``.data/serialization_id`` — metadata
 
 ``zipfile`` validates the central directory; each record's bytes are then read in place from
-the local header's data offset, size-checked against the storage's claim and CRC-checked.
+the local header's data offset, size-checked against the storage's claim and CRC-checked
+(``crc``: ISA-L's CRC when installed). With zlib's slower one, the CRC of a big storage is computed
+by a worker thread while the next ones are read and the pickle is decoded (``zlib.crc32`` releases
+the GIL); every result is checked before the object is returned, so a damaged record still fails
+the load.
 """
 from __future__ import annotations
 
 import struct
 import zipfile
-import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
 
 from tracecap.errors import CheckpointError
 
-from . import torchscript
+from . import crc, torchscript
 from .legacy_pickle_format import collect_facts
 from .policy import CheckpointPolicy
 from .result import CheckpointInfo
@@ -76,7 +82,7 @@ class ZipRecords:
         return data
 
     def check_crc(self, record: str, data) -> None:
-        if zlib.crc32(data) != self.infos[record].CRC:
+        if crc.crc32(data) != self.infos[record].CRC:
             raise CheckpointError(f"{self.name}: zip record {record!r} is damaged (CRC mismatch)")
 
 
@@ -91,8 +97,47 @@ def _prefix(records: ZipRecords) -> str:
     return pkls[0][: -len("data.pkl")]
 
 
-def read_zip(f, size: int, name: str, nested_loader) -> tuple:
-    records = ZipRecords(f, size, name)
+class _StorageCrcs:
+    """CRC checks of storage records: at once, or (zlib's slow CRC, big records) on a worker thread,
+    all done by :meth:`finish`."""
+
+    THREAD_FROM = 1 << 20  # bytes; below this a thread costs more than it saves
+
+    def __init__(self, records: ZipRecords):
+        self.records, self.pending, self._pool = records, [], None
+
+    def add(self, record: str, data) -> None:
+        if crc.FAST or data.nbytes < self.THREAD_FROM:
+            self.records.check_crc(record, data)
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="tracecap-crc")
+        self.pending.append((record, self._pool.submit(crc.crc32, data)))
+
+    def finish(self) -> None:
+        pending, self.pending = self.pending, []
+        for record, result in pending:
+            if result.result() != self.records.infos[record].CRC:
+                raise CheckpointError(f"{self.records.name}: zip record {record!r} is damaged (CRC mismatch)")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def read_zip(f, size: int, name: str, nested_loader, progress=None) -> tuple:
+    """The object and facts of a zip checkpoint; ``progress(done, total)`` hears of every storage read."""
+    crcs = _StorageCrcs(ZipRecords(f, size, name))
+    try:
+        result = _read_zip(crcs, name, size, nested_loader, progress)
+        crcs.finish()
+    finally:
+        crcs.close()
+    return result
+
+
+def _read_zip(crcs: _StorageCrcs, name: str, size: int, nested_loader, progress) -> tuple:
+    records = crcs.records
     prefix = _prefix(records)
     info = CheckpointInfo(path=name, format="zip", file_size=size)
     for rec in METADATA_RECORDS:
@@ -107,6 +152,9 @@ def read_zip(f, size: int, name: str, nested_loader) -> tuple:
     big_endian = byteorder == "big"
     storages = {}
     budget = [size]
+    data_dir = prefix + "data/"
+    total = sum(i.file_size for n, i in records.infos.items() if n.startswith(data_dir))
+    done = [0]
 
     def persistent_load(pid):
         if type(pid) is not tuple or len(pid) != 5 or pid[0] != "storage":
@@ -126,11 +174,18 @@ def read_zip(f, size: int, name: str, nested_loader) -> tuple:
                                   f"but its record holds {region.remaining}")
         allocate(ref, budget[0])
         budget[0] -= ref.nbytes
-        region.readinto(ref.data.numpy())
-        records.check_crc(f"{prefix}data/{key}", ref.data.numpy())
+        data = ref.data.numpy()
+        if region.readinto(data) != ref.nbytes:
+            raise CheckpointError(f"{name} is truncated: storage {key!r} is cut off")
+        crcs.add(f"{prefix}data/{key}", data)  # of the bytes as read, before any byte swap
+        if big_endian or ref.dtype is torch.bool:
+            crcs.finish()  # finish_bytes changes them in place
         finish_bytes(ref, big_endian)
         storages[key] = ref
         info.storages.append(ref)
+        if progress is not None:
+            done[0] += ref.nbytes
+            progress(min(done[0], total), total)
         return ref
 
     policy = CheckpointPolicy(persistent_load=persistent_load, nested_loader=nested_loader)
@@ -142,4 +197,6 @@ def read_zip(f, size: int, name: str, nested_loader) -> tuple:
     collect_facts(info, policy, main)
     if torchscript.is_torchscript(records.infos):
         torchscript.annotate(info, records, prefix)
+    if progress is not None and done[0] != total:
+        progress(total, total)  # records no tensor refers to
     return obj, info

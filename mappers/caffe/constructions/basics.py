@@ -34,7 +34,7 @@ def group_dilation(groups, dil):
 
 
 def weight_and_bias(ctx, weight, bias):
-    return [weight] + ([ctx.array(bias)] if bias is not None else [])
+    return [weight] + ([ctx.weight(bias)] if bias is not None else [])
 
 
 def pool_spatial(kernel, stride, pad):

@@ -9,7 +9,7 @@ from tracecap.mappers.caffe.registry import pair, register
 @register("conv2d")
 def conv2d(node, ctx):
     p = node.params
-    weight = ctx.array(p["weight"])
+    weight = ctx.weight(p["weight"])
     if len(ctx.in_shape()) != 4:
         ctx.unsupported(f"{node.op} of a {len(ctx.in_shape())}-D tensor; the Caffe layer takes N×C×H×W")
     if weight.ndim != 4:
@@ -41,7 +41,7 @@ def conv_transpose2d(node, ctx):
     p = node.params
     if len(ctx.in_shape()) != 4:
         ctx.unsupported(f"{node.op} of a {len(ctx.in_shape())}-D tensor; the Caffe layer takes N×C×H×W")
-    weight = ctx.array(p["weight"])  # (in, out/groups, kh, kw) - the same layout Caffe's Deconvolution uses
+    weight = ctx.weight(p["weight"])  # (in, out/groups, kh, kw) - the same layout Caffe's Deconvolution uses
     groups = int(p["groups"])
     dil = pair(p["dilation"], "dilation")
     pad, extra = pair(p["padding"], "padding"), pair(p["output_padding"], "output_padding")
@@ -69,7 +69,7 @@ def conv_transpose2d(node, ctx):
 @register("linear")
 def linear(node, ctx):
     p = node.params
-    weight = ctx.array(p["weight"])
+    weight = ctx.weight(p["weight"])
     ndim = len(ctx.in_shape())
     params = {"num_output": weight.shape[0], "bias_term": p["bias"] is not None}
     if ndim != 2:
@@ -84,7 +84,7 @@ def matmul(node, ctx):
     a, b = node.params["input"], node.params["other"]
     if not (isinstance(b, Blob) and b.is_constant and b.value.dim() == 2) or not is_activation(a):
         ctx.unsupported("matmul of two activations (or with a constant on the left) has no Caffe layer")
-    weight = ctx.array(b).T.copy()  # (K, N) -> InnerProduct's (N, K)
+    weight = ctx.weight(b, transpose=True)  # (K, N) -> InnerProduct's (N, K), made while written
     ndim = len(ctx.in_shape())
     params = {"num_output": weight.shape[0], "bias_term": False}
     if ndim != 2:

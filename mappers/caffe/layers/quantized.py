@@ -11,7 +11,8 @@ zero point, ``tracecap.quant.table``) next to the model for a runtime that quant
 from __future__ import annotations
 
 from tracecap.mappers.caffe.constructions import conv_spatial, group_dilation, power_layer
-from tracecap.mappers.caffe.registry import norm_axis, pair, register
+from tracecap.mappers.caffe.lazy_blob import LazyBlob
+from tracecap.mappers.caffe.registry import norm_axis, pair, register, tensor_blob
 from tracecap.quant.facts import unpack_conv, unpack_linear
 
 
@@ -22,9 +23,11 @@ def boundary(node, ctx):
 
 
 def _float_weights(ctx, weight, bias):
-    blobs = [weight.dequantize().numpy().copy()]
+    """The dequantized weight is made only while the caffemodel is written (a float copy of every weight
+    otherwise lives from mapping to the end of the save)."""
+    blobs = [LazyBlob(tuple(weight.shape), weight.dequantize)]
     if bias is not None:
-        blobs.append(bias.detach().float().numpy().copy())
+        blobs.append(tensor_blob(bias))
     return blobs
 
 
