@@ -138,3 +138,35 @@ def test_a_damaged_storage_still_fails_the_load(tmp_path, monkeypatch, size, fas
     _corrupt_record(path, "/data/0", bad)
     with pytest.raises(CheckpointError, match="CRC mismatch"):
         load_checkpoint(bad)
+
+
+def test_the_reporter_tells_big_work_in_quarters_and_small_work_not_at_all():
+    import io
+    from tracecap import progress
+    out = io.StringIO()
+    tick = progress.reporter("writing weights", stream=out, min_total=100)
+    for done in range(0, 1001, 50):
+        tick(done, 1000)
+    assert out.getvalue().splitlines() == [f"      writing weights: {d}/1000" for d in (250, 500, 750, 1000)]
+    small = io.StringIO()
+    tick = progress.reporter("writing weights", stream=small, min_total=100)
+    tick(10, 99), tick(99, 99)
+    assert small.getvalue() == ""
+    quiet = io.StringIO()
+    progress.reporter("x", quiet=True, stream=quiet)(5, 5)
+    assert quiet.getvalue() == ""
+
+
+def test_convert_tells_the_reading_of_a_big_checkpoint(tmp_path, capsys):
+    """--weights of a file past BIG_FILE_BYTES: its reading is told on stderr; under quiet nothing is."""
+    from tracecap import progress
+    from tracecap.convert import load_weights
+    model = torch.nn.Linear(4096, 4608, bias=False)
+    assert model.weight.numel() * 4 > progress.BIG_FILE_BYTES
+    path = tmp_path / "big.pth"
+    torch.save(model.state_dict(), path)
+    load_weights(torch.nn.Linear(4096, 4608, bias=False), path)
+    lines = [l for l in capsys.readouterr().err.splitlines() if "reading big.pth" in l]
+    assert lines and lines[-1] == f"      reading big.pth: {model.weight.numel() * 4}/{model.weight.numel() * 4}"
+    load_weights(torch.nn.Linear(4096, 4608, bias=False), path, quiet=True)
+    assert capsys.readouterr().err == ""

@@ -104,8 +104,10 @@ def load_weights(model, path, quiet=False):
     fixed (``module.``, ``num_batches_tracked``, DenseNet ``norm.1``), and loading is strict:
     a missing or unexpected key is an error that shows the diff.
     """
+    from tracecap import progress
     from tracecap.checkpoint import find_state_dict, fix_state_dict, load_checkpoint
-    obj = load_checkpoint(path)
+    obj = load_checkpoint(path, progress=progress.reporter(f"reading {os.path.basename(os.fspath(path))}", quiet=quiet,
+                                                           min_total=progress.BIG_FILE_BYTES))
     state, found = find_state_dict(obj)
     fixed, report = fix_state_dict(state, model)
     if not report.ok:
@@ -215,7 +217,9 @@ def _pipeline(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, m
         os.makedirs(os.path.dirname(path), exist_ok=True)
     proto, caffemodel = f"{path}.prototxt", f"{path}.caffemodel"
     steps(f"writing {proto} and {caffemodel} ({dialect} dialect, {len(graph.nodes)} ops)")
-    caffe.save(graph, proto, caffemodel, dialect=dialect)
+    from tracecap import progress
+    caffe.save(graph, proto, caffemodel, dialect=dialect,
+               progress=progress.reporter("writing weights", quiet=steps.quiet, min_total=progress.BIG_FILE_BYTES))
     summary = {"dialect": dialect, "prototxt": proto, "caffemodel": caffemodel,
                "inputs": {b.name: list(b.shape) for b in graph.inputs},
                "outputs": [b.name for b in graph.outputs], "ops": len(graph.nodes), "verify": {}}

@@ -91,10 +91,12 @@ def _bar(label, stream, total):
 
 
 class _Reporter:
-    def __init__(self, label, stream):
-        self.label, self.stream, self.bar = label, stream, None
+    def __init__(self, label, stream, min_total):
+        self.label, self.stream, self.bar, self.min_total = label, stream, None, min_total
 
     def __call__(self, done, total):
+        if total < self.min_total:
+            return
         if self.bar is None:
             self.bar = _bar(self.label, self.stream or sys.stderr, total)
         self.bar.update(min(done, total), total)
@@ -103,9 +105,14 @@ class _Reporter:
             self.bar = None
 
 
-def reporter(label, quiet=False, stream=None):
-    """A ``progress(done, total)`` callable for ``label`` (silent under ``quiet``); the bar closes at done == total."""
-    return _silent if quiet else _Reporter(label, stream)
+def reporter(label, quiet=False, stream=None, min_total=0):
+    """A ``progress(done, total)`` callable for ``label`` (silent under ``quiet``, and for work whose total is
+    below ``min_total``: short work needs no bar); the bar closes at done == total."""
+    return _silent if quiet else _Reporter(label, stream, min_total)
+
+
+# Weights files (written or read) below this size take well under a second: no progress for them.
+BIG_FILE_BYTES = 64 << 20
 
 
 # Models with fewer modules capture in a blink: no progress for them.
