@@ -72,6 +72,26 @@ def _with_readers(prototxt, blobs, tmpdir):
     return path, readers
 
 
+def _forward(cv2, prototxt, caffemodel, arrays, requests, summary, later, fusion):
+    """(outputs per layer asked, blob -> (layer, top index), layer names asked): one forward pass, with
+    Split readers after the layers of the blobs in ``later`` (see ``_with_readers``)."""
+    with tempfile.TemporaryDirectory(prefix="tracecap-opencv-") as tmp:
+        prototxt_run, readers = _with_readers(prototxt, later, tmp) if later else (prototxt, {})
+        net = _load(cv2, prototxt_run, caffemodel, prototxt)
+    net.enableFusion(bool(fusion))
+    producer = dict(summary.producer)
+    producer.update((b, (name, 0)) for b, name in readers.items())
+    layer_names = []
+    for b in requests:
+        lname = producer[b][0]
+        if lname not in layer_names:
+            layer_names.append(lname)
+    for n, x in arrays.items():
+        net.setInput(x, n)
+    outs = net.forwardAndRetrieve(layer_names) if layer_names else []
+    return outs, producer, layer_names
+
+
 def run(prototxt, caffemodel, inputs, blobs=None, timeout=None, fusion=True):
     """Run in this process (``timeout`` is not applied: OpenCV cannot be interrupted); ``fusion=False``
     keeps OpenCV from fusing layers (each read top is then its own layer's value)."""
@@ -103,24 +123,17 @@ def run(prototxt, caffemodel, inputs, blobs=None, timeout=None, fusion=True):
         else:
             raise RuntimeFailure("OpenCV runtime: no blob named %r in %s" % (b, prototxt))
     later = [b for b in requests if summary.producer[b][1] > 0]
-    with tempfile.TemporaryDirectory(prefix="tracecap-opencv-") as tmp:
-        prototxt_run, readers = _with_readers(prototxt, later, tmp) if later else (prototxt, {})
-        net = _load(cv2, prototxt_run, caffemodel, prototxt)
-    net.enableFusion(bool(fusion))
-    producer = dict(summary.producer)
-    producer.update((b, (name, 0)) for b, name in readers.items())
-    layer_names = []
-    for b in requests:
-        lname = producer[b][0]
-        if lname not in layer_names:
-            layer_names.append(lname)
-
-    for n, x in arrays.items():
-        net.setInput(x, n)
     try:
-        outs = net.forwardAndRetrieve(layer_names) if layer_names else []
+        outs, producer, layer_names = _forward(cv2, prototxt, caffemodel, arrays, requests, summary, later, fusion)
     except cv2.error as e:
-        raise RuntimeFailure("OpenCV failed to run %s: %s" % (prototxt, _one_line(e)), log=str(e))
+        if not later:
+            raise RuntimeFailure("OpenCV failed to run %s: %s" % (prototxt, _one_line(e)), log=str(e))
+        # a layer whose later tops OpenCV makes only when asked for directly (Pooling's argmax mask):
+        # no Split can read them, so they are read from the layer itself
+        try:
+            outs, producer, layer_names = _forward(cv2, prototxt, caffemodel, arrays, requests, summary, [], fusion)
+        except cv2.error as e:
+            raise RuntimeFailure("OpenCV failed to run %s: %s" % (prototxt, _one_line(e)), log=str(e))
     by_layer = dict(zip(layer_names, outs))
     for b in requests:
         lname, k = producer[b]
