@@ -93,6 +93,10 @@ def _tensors(obj, out):
 
 _CONTAINERS = (list, tuple, dict)
 _Tensor = torch.Tensor
+# Reading a tensor's shape, dtype or version from a trace hook goes through torch's Python
+# __torch_function__ dispatch for the results of Tensor methods (~2 us a read, 15x the plain cost):
+# the hooks read tensors with torch functions disabled (they run no user code)
+_plain_reads = torch._C.DisableTorchFunction
 # ops whose result takes only the shape/dtype of an input (ops.SHAPE_ONLY_ARGS): a constant even when
 # that input is an activation, so the result is held
 _SHAPE_ONLY = frozenset(("zeros_like", "ones_like", "full_like", "new_zeros", "new_ones", "new_full", "zero_",
@@ -108,7 +112,8 @@ class TensorRef:
     number of op calls started before it died (None while it lives): it lived for events below that.
     """
 
-    __slots__ = ("key", "tid", "held", "weak", "derived", "died", "_shape", "_dtype", "_alias", "_quant", "_rec")
+    __slots__ = ("key", "tid", "held", "weak", "derived", "died", "_shape", "_dtype", "_ptr", "_stride", "_quant",
+                 "_rec")
 
     def __init__(self, rec, t, hold, derived):
         rec._keys += 1
@@ -121,7 +126,12 @@ class TensorRef:
         else:
             self.held, self._rec = None, rec
             self.weak = weakref.ref(t, self._gone)
-            self._shape, self._dtype, self._alias, self._quant = t.shape, t.dtype, alias_key(t), Quantization.of(t)
+            self._shape, self._dtype = t.shape, t.dtype
+            try:
+                self._ptr, self._stride = t.data_ptr(), t.stride()
+            except Exception:  # e.g. sparse or meta tensors: no aliasing by storage
+                self._ptr = None
+            self._quant = Quantization.of(t) if t.is_quantized else None
         rec._live[self.tid] = self
 
     def _gone(self, _):
@@ -152,7 +162,9 @@ class TensorRef:
 
     def alias_key(self):
         t = self.tensor
-        return self._alias if t is None else alias_key(t)
+        if t is not None:
+            return alias_key(t)
+        return None if self._ptr is None else (self._ptr, tuple(self._shape), tuple(self._stride), self._dtype)
 
     def alive_at(self, index):
         """Was the tensor alive when event ``index`` was called?"""
@@ -252,8 +264,9 @@ class OuterCall:
 class Recorder:
     """Collects OpEvents and OuterCalls for one thread, between install() and uninstall()."""
 
-    def __init__(self, block_frame):
+    def __init__(self, block_frame, keep_activations=False):
         self.block_frame = block_frame
+        self.keep_activations = keep_activations  # hold every result too (for tools reading them later)
         self.thread = threading.get_ident()
         self.events = []
         self.outer_calls = []
@@ -346,7 +359,7 @@ class Recorder:
         for t in outs:
             ref = live.get(id(t))
             if ref is None:
-                ref = TensorRef(self, t, not derived or t._base is not None, derived)
+                ref = TensorRef(self, t, not derived or self.keep_activations or t._base is not None, derived)
             elif derived:
                 ref.derived = True  # e.g. a constant written in place from the inputs
             refs.append(ref)
@@ -417,11 +430,12 @@ class Recorder:
         ev.func = loc["func"]
         ev.outer = outer = self._from_block(frame)
         tensors, refs = [], []   # the tensors themselves stay referenced only until the op returns
-        ev.args = self._convert_args(loc.get("args") or (), outer, tensors, refs)
-        kwargs = loc.get("kwargs")
-        ev.kwargs = self._convert(kwargs, outer, tensors, refs) if kwargs else {}
+        with _plain_reads():
+            ev.args = self._convert_args(loc.get("args") or (), outer, tensors, refs)
+            kwargs = loc.get("kwargs")
+            ev.kwargs = self._convert(kwargs, outer, tensors, refs) if kwargs else {}
+            ev.in_versions = _versions(tensors)
         ev.inputs = refs
-        ev.in_versions = _versions(tensors)
         if self._scopes:
             ev.scope, ev.module, ev.call = self._scopes[-1]
         else:
@@ -437,16 +451,18 @@ class Recorder:
             try:
                 ev, tensors = self._pending.pop()
                 outs = _tensors(arg, [])
-                ev.after_versions = _versions(tensors)
-                # a factory (zeros, arange...): keep its value as created, in case it is later written in place
-                ev.values = [t.detach().clone() for t in outs] if not tensors else None
-                ev.out_info = list(zip([t.shape for t in outs], [t.dtype for t in outs], _versions(outs)))
                 derived = False
                 for r in ev.inputs:
                     if r.derived:
                         derived = getattr(ev.func, "__name__", None) not in _SHAPE_ONLY
                         break
-                ev.outputs = self._output_refs(outs, derived)
+                with _plain_reads():
+                    ev.after_versions = _versions(tensors)
+                    # a factory (zeros, arange...): keep its value as created, in case it is later written in place
+                    ev.values = [t.detach().clone() for t in outs] if not tensors else None
+                    ev.out_info = list(zip([t.shape for t in outs], [t.dtype for t in outs], _versions(outs))) \
+                        if len(outs) != 1 else [(outs[0].shape, outs[0].dtype, _version(outs[0]))]
+                    ev.outputs = self._output_refs(outs, derived)
                 if ev.outer:
                     self._finish_outer(arg)
                 self.events.append(ev)
