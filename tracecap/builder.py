@@ -428,7 +428,7 @@ class Builder:
         if self.explicit_outputs is not None:
             found = _flat_with_paths("", self.explicit_outputs, [])
             for path, t in found:
-                ref = self.rec._live.get(id(t))
+                ref = self.rec.seen(t)
                 self._check_followed(ref, f"output {path or 0!r}")
                 blob = (self.current.get(ref.key) if ref is not None else None) or self._alias(alias_key(t))
                 if blob is None:
@@ -439,7 +439,7 @@ class Builder:
         done = [c for c in self.rec.outer_calls if c.done]
         for call in done:
             for _, t in _flat_with_paths("", call.result, []):
-                ref = self.rec._live.get(id(t))
+                ref = self.rec.seen(t)
                 if ref is None:
                     continue  # no op read or made it
                 self._check_followed(ref, f"the result of `{call.frame_name}(...)`")

@@ -183,19 +183,6 @@ def alias_key(t):
         return None
 
 
-def _refs(obj, out):
-    """Append every TensorRef inside obj (lists/tuples/dicts, any depth) to out."""
-    if type(obj) is TensorRef:
-        out.append(obj)
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            _refs(o, out)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            _refs(o, out)
-    return out
-
-
 def _snapshot(obj):
     """Copy containers so a list appended to after the call (DenseNet's feature list) keeps its value."""
     return map_structure(obj, _same)
@@ -318,6 +305,10 @@ class Recorder:
         """The TensorRef of live tensor ``t`` (a held one is made for a tensor no event saw)."""
         ref = self._live.get(id(t))
         return ref if ref is not None else TensorRef(self, t, True, False)
+
+    def seen(self, t):
+        """The TensorRef of live tensor ``t`` if the capture saw it, else None."""
+        return self._live.get(id(t))
 
     def _input_ref(self, t, outer):
         """The TensorRef of a tensor an op reads. First seen here, no recorded op made it: a source
