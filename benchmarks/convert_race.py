@@ -1,10 +1,10 @@
 """End-to-end conversion race: ``tracecap convert`` against ``torch.onnx.export(..., dynamo=False)``.
 
-Each run is a FRESH process (imports, model construction, one forward and writing the files all count,
-as a user would see them). Both sides build the same bundled model (``legacy_models.build(name,
-seed=0)``, what ``tracecap convert NAME`` builds) with the same input. Runs alternate between the
-converters round by round (the machine is shared; interleaving exposes both to the same load); the
-medians and their ratio are printed. Target (issue #17): tracecap <= 0.15x onnx export on ResNet-50.
+Each run is a FRESH process: ``tracecap convert race_models:NAME`` (the CLI, as a user runs it) or a
+script calling ``torch.onnx.export``, both on the same model from one factory. Runs alternate between
+the converters round by round (the machine is shared; interleaving exposes both to the same load);
+the medians and their ratios are printed, of the converter's own time (the target's measure) and of
+everything after ``import torch``. Target (issue #17): tracecap <= 0.15x onnx export on ResNet-50.
 
 The legacy ONNX exporter needs the ``onnx`` package (``pip install onnx``); without it that column
 says so and only tracecap is timed.
@@ -19,30 +19,58 @@ import sys
 import tempfile
 import time
 
-# Both children import torch first (the same cost for every converter, and most of a cold start on a
-# loaded machine), then time the conversion itself: importing the converter, building the model, the
-# forward(s), writing the files. The child prints those seconds; the parent also keeps the wall time.
+# Both converters get the same model from one factory module (written into the run's directory):
+# the bundled model with seeded weights, BatchNorm calibration skipped (it runs float64 forwards and
+# costs several times a conversion; the numbers do not matter here). Each child prints two times:
+# the converter's own (importing it, capturing/tracing, writing the files; from the moment the model
+# exists) and everything after `import torch` (model construction included).
+FACTORY = r"""
+import time
+import torch
+from tracecap import legacy_models as zoo
+
+BUILT_AT = None
+
+
+def _built(model):
+    global BUILT_AT
+    BUILT_AT = time.perf_counter()
+    return model
+
+
+def resnet18():
+    return _built(zoo.build("resnet18", seed=0, calibrate=False))
+
+
+def resnet50():
+    return _built(zoo.build("resnet50", seed=0, calibrate=False))
+"""
+
 ONNX_CHILD = r"""
 import sys, time, warnings
 warnings.simplefilter("ignore")
 import torch
 t0 = time.perf_counter()
-from tracecap import legacy_models as zoo
+import race_models
 name, out = sys.argv[1], sys.argv[2]
-model = zoo.build(name, seed=0)
-x = zoo.example_input(name, seed=0)
+model = getattr(race_models, name)()
+x = torch.randn(1, 3, 224, 224)
 with torch.no_grad():
     torch.onnx.export(model, (x,), out, dynamo=False)
-print(time.perf_counter() - t0)
+end = time.perf_counter()
+print(end - race_models.BUILT_AT, end - t0)
 """
 
 TRACECAP_CHILD = r"""
 import sys, time
 import torch
 t0 = time.perf_counter()
+import race_models
 from tracecap import cli
-status = cli.main(["convert", sys.argv[1], "-o", sys.argv[2], "--quiet"])
-print(time.perf_counter() - t0)
+imported = time.perf_counter() - t0
+status = cli.main(["convert", "race_models:" + sys.argv[1], "--input", "1x3x224x224", "-o", sys.argv[2], "--quiet"])
+end = time.perf_counter()
+print(imported + end - race_models.BUILT_AT, end - t0)
 sys.exit(status)
 """
 
@@ -55,14 +83,16 @@ def _onnx(name, outdir):
     return [sys.executable, "-c", ONNX_CHILD, name, os.path.join(outdir, name + ".onnx")]
 
 
-def run_once(cmd):
-    """(seconds after `import torch` as the child measured them, wall seconds of the process)."""
+def run_once(cmd, cwd):
+    """(the converter's seconds, seconds after `import torch`, wall seconds of the process)."""
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [cwd, os.environ.get("PYTHONPATH")]))))
     wall = time.perf_counter() - t0
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{out.stderr[-2000:]}")
-    return float(out.stdout.strip().splitlines()[-1]), wall
+    own, after_torch = map(float, out.stdout.strip().splitlines()[-1].split())
+    return own, after_torch, wall
 
 
 def onnx_available():
@@ -81,23 +111,26 @@ def main():
     else:
         print("torch.onnx.export (legacy) needs the `onnx` package: not installed, timing tracecap alone")
     print(f"fresh process per run, medians of {args.rounds} interleaved rounds")
-    print("seconds after `import torch` in the child (wall time of the whole process in brackets)")
-    print(f"{'model':9} " + " ".join(f"{k + ' s':>16}" for k in contenders) + f" {'tracecap/onnx':>14} {'target':>6}")
+    print("seconds: the converter's own (import, capture/trace, write) / after `import torch` (model built too) / "
+          "wall of the whole process")
+    print(f"{'model':9} " + " ".join(f"{k:>22}" for k in contenders) + f" {'ratio own':>9} {'ratio all':>9} {'target':>6}")
     with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "race_models.py"), "w") as f:
+            f.write(FACTORY)
         for name in args.models.split(","):
-            times = {k: [] for k in contenders}
-            walls = {k: [] for k in contenders}
+            times = {k: ([], [], []) for k in contenders}
             for _ in range(args.rounds):
                 for kind, make in contenders.items():
-                    inner, wall = run_once(make(name, tmp))
-                    times[kind].append(inner)
-                    walls[kind].append(wall)
-            med = {k: statistics.median(v) for k, v in times.items()}
-            wmed = {k: statistics.median(v) for k, v in walls.items()}
-            ratio = f"{med['tracecap'] / med['onnx']:14.3f}" if "onnx" in med else f"{'-':>14}"
+                    for column, value in zip(times[kind], run_once(make(name, tmp), tmp)):
+                        column.append(value)
+            med = {k: [statistics.median(c) for c in cols] for k, cols in times.items()}
+            if "onnx" in med:
+                ratios = f"{med['tracecap'][0] / med['onnx'][0]:9.3f} {med['tracecap'][1] / med['onnx'][1]:9.3f}"
+            else:
+                ratios = f"{'-':>9} {'-':>9}"
             target = "0.15" if name == "resnet50" else "-"
-            print(f"{name:9} " + " ".join(f"{med[k]:7.3f} ({wmed[k]:6.2f})" for k in contenders)
-                  + f" {ratio} {target:>6}", flush=True)
+            print(f"{name:9} " + " ".join("{:6.3f} /{:6.3f} /{:6.2f}".format(*med[k]) for k in contenders)
+                  + f" {ratios} {target:>6}", flush=True)
 
 
 if __name__ == "__main__":
