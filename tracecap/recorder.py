@@ -296,8 +296,9 @@ class Recorder:
         sys.settrace(self._prev)
         # names the with-block gives its tensors: `y = torch.relu(x)` makes an input called "x"
         for k, v in self.block_frame.f_locals.items():
-            if isinstance(v, torch.Tensor):
-                self.block_names[self.ref_of(v).key] = k
+            ref = self.seen(v) if isinstance(v, torch.Tensor) else None
+            if ref is not None:
+                self.block_names[ref.key] = k
         return current is self._installed or current == self._installed
 
     # ---- tensor identity -----------------------------------------------------------------
