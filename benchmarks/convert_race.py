@@ -9,7 +9,7 @@ everything after ``import torch``. Target (issue #17): tracecap <= 0.15x onnx ex
 The legacy ONNX exporter needs the ``onnx`` package (``pip install onnx``); without it that column
 says so and only tracecap is timed.
 
-Usage: python benchmarks/convert_race.py [--rounds 9] [--models resnet18,resnet50]
+Usage: python benchmarks/convert_race.py [--rounds 9] [--models resnet18,resnet50] [--other DIR]
 """
 import argparse
 import os
@@ -76,18 +76,29 @@ sys.exit(status)
 
 
 def _tracecap(name, outdir):
-    return [sys.executable, "-c", TRACECAP_CHILD, name, outdir]
+    return [sys.executable, "-c", TRACECAP_CHILD, name, outdir], None
 
 
 def _onnx(name, outdir):
-    return [sys.executable, "-c", ONNX_CHILD, name, os.path.join(outdir, name + ".onnx")]
+    return [sys.executable, "-c", ONNX_CHILD, name, os.path.join(outdir, name + ".onnx")], None
 
 
-def run_once(cmd, cwd):
+def _other(path):
+    """tracecap imported from ``path`` (a directory holding another checkout's ``tracecap`` package)."""
+    def make(name, outdir):
+        return [sys.executable, "-c", TRACECAP_CHILD, name, outdir], path
+    return make
+
+
+def run_once(job, cwd):
     """(the converter's seconds, seconds after `import torch`, wall seconds of the process)."""
+    cmd, first = job
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [cwd, first, os.environ.get("PYTHONPATH")])))
+    # a user's Python caches bytecode; without it (this machine's environment sets the variable) every
+    # fresh process recompiles tracecap's sources, while torch's come precompiled from its wheel
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd,
-                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [cwd, os.environ.get("PYTHONPATH")]))))
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
     wall = time.perf_counter() - t0
     if out.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{out.stderr[-2000:]}")
@@ -104,8 +115,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=9, help="interleaved fresh-process runs per converter (>= 9)")
     ap.add_argument("--models", default="resnet18,resnet50")
+    ap.add_argument("--other", metavar="DIR", help="also race the tracecap package found in DIR (another checkout, "
+                    "laid out as installed: DIR/tracecap with mappers/ and legacy_models/ inside)")
     args = ap.parse_args()
     contenders = {"tracecap": _tracecap}
+    if args.other:
+        contenders["other"] = _other(os.path.abspath(args.other))
     if onnx_available():
         contenders["onnx"] = _onnx
     else:
@@ -118,6 +133,8 @@ def main():
         with open(os.path.join(tmp, "race_models.py"), "w") as f:
             f.write(FACTORY)
         for name in args.models.split(","):
+            for make in contenders.values():  # warm-up run, unmeasured: bytecode caches, page cache
+                run_once(make(name, tmp), tmp)
             times = {k: ([], [], []) for k in contenders}
             for _ in range(args.rounds):
                 for kind, make in contenders.items():
@@ -131,6 +148,10 @@ def main():
             target = "0.15" if name == "resnet50" else "-"
             print(f"{name:9} " + " ".join("{:6.3f} /{:6.3f} /{:6.2f}".format(*med[k]) for k in contenders)
                   + f" {ratios} {target:>6}", flush=True)
+            if "other" in med and "onnx" in med:
+                print(f"{'':9} other/onnx: own {med['other'][0] / med['onnx'][0]:.3f}, all "
+                      f"{med['other'][1] / med['onnx'][1]:.3f}; tracecap/other: own "
+                      f"{med['tracecap'][0] / med['other'][0]:.3f}", flush=True)
 
 
 if __name__ == "__main__":
