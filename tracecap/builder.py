@@ -1,7 +1,7 @@
 """The builder: turn the recorder's events into a Graph by tensor identity.
 
-Every tensor an op reads is looked up by ``id()`` (the recorder holds strong
-references, so ids stay unique for the whole capture). A tensor whose
+Every tensor an op reads is looked up by its ``TensorRef.key`` (the recorder gives each tensor object
+one, unique for the whole capture even where CPython reuses ``id()``s of dead tensors). A tensor whose
 ``_version`` went up during an op was written in place: it gets a new blob
 version (``x@1``), so later readers link to the value they really read. A tensor
 no op produced is a parameter/buffer (known from the module scopes), a graph
@@ -17,14 +17,7 @@ from tracecap import ops as opslib
 from tracecap import views
 from tracecap.errors import CaptureError
 from tracecap.graph import Blob, Graph, Quantization, has_containers, map_structure
-from tracecap.recorder import _version
-
-
-def _alias_key(t):
-    try:
-        return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
-    except Exception:  # e.g. sparse or meta tensors: no aliasing by storage
-        return None
+from tracecap.recorder import TensorRef, _version, alias_key
 
 
 def _flat_with_paths(prefix, obj, out):
@@ -42,7 +35,7 @@ def _flat_with_paths(prefix, obj, out):
 def _sub(obj, lookup):
     """obj with every tensor replaced by its Blob."""
     def blob_of(o):
-        return lookup[id(o)] if isinstance(o, torch.Tensor) else o
+        return lookup[o.key] if type(o) is TensorRef else o
     if type(obj) is dict and not has_containers(obj.values()):  # the common, flat case
         return {k: blob_of(v) for k, v in obj.items()}
     if type(obj) is tuple and not has_containers(obj):
@@ -61,28 +54,29 @@ class Builder:
     def __init__(self, recorder, inputs=None, outputs=None):
         self.rec = recorder
         self.g = Graph()
-        self.current = {}      # id(tensor) -> latest Blob for it
-        self.version = {}      # id(tensor) -> its _version when last bound (None: unknown, not checked)
-        self.holders = {}      # id(Blob) -> ids of the tensor objects bound to it (aliases share a blob)
-        self.aliases = {}      # alias key -> Blob
-        self.sharing = {}      # id(base tensor) -> it and its views (to follow writes through views)
-        self.bound = {}        # id(tensor) -> the tensor, for every tensor bound to a blob
-        self.unfollowable = {}  # id(tensor) -> why a write through a view left its value unknown
+        # tensors are TensorRefs (recorder.py), keyed by TensorRef.key
+        self.current = {}      # key -> latest Blob for it
+        self.version = {}      # key -> its _version when last bound (None: unknown, not checked)
+        self.holders = {}      # id(Blob) -> keys of the tensor objects bound to it (aliases share a blob)
+        self.aliases = {}      # alias key -> [(Blob, TensorRef)] in binding order (one holder may have died)
+        self.sharing = {}      # key of a base tensor -> {key: ref} of it and its views (to follow writes)
+        self.bound = {}        # key -> the TensorRef, for every tensor bound to a blob
+        self.unfollowable = {}  # key -> why a write through a view left its value unknown
         self.escapes = []      # (op, source) of calls that turned data into Python values
         self.inference_warned = False
         self.explicit_inputs = inputs
         self.explicit_outputs = outputs
-        self.outer_args = {}   # id(tensor) -> path
+        self.outer_args = {}   # key (and alias key) of a tensor passed to a call from the block -> path
         for call in recorder.outer_calls:
             for path, t in _flat_with_paths("", dict(call.arguments), []):
-                self.outer_args.setdefault(id(t), path)
-                self.outer_args.setdefault(_alias_key(t), path)
+                self.outer_args.setdefault(recorder.ref_of(t).key, path)
+                self.outer_args.setdefault(alias_key(t), path)
 
     # ---- entry ------------------------------------------------------------------------
     def build(self):
         if self.explicit_inputs is not None:
             for i, (path, t) in enumerate(_flat_with_paths("", self.explicit_inputs, [])):
-                self._new_source(t, "input", path or f"input{i}")
+                self._new_source(self.rec.ref_of(t), "input", path or f"input{i}")
         for ev in self.rec.events:
             self._add_event(ev)
         self._set_outputs()
@@ -96,43 +90,77 @@ class Builder:
 
     # ---- blobs --------------------------------------------------------------------------
     def _bind_blob(self, t, blob, version):
-        self.current[id(t)] = blob
-        self.bound[id(t)] = t
+        self.current[t.key] = blob
+        self.bound[t.key] = t
         if self.unfollowable:
-            self.unfollowable.pop(id(t), None)
-        self.version[id(t)] = version
-        self.holders.setdefault(id(blob), []).append(id(t))
-        key = _alias_key(t)
+            self.unfollowable.pop(t.key, None)
+        self.version[t.key] = version
+        self.holders.setdefault(id(blob), []).append(t.key)
+        key = t.alias_key()
         if key is not None:
-            self.aliases.setdefault(key, blob)
-        base = t._base
+            holders = self.aliases.get(key)
+            if holders is None:
+                self.aliases[key] = [(blob, t)]
+            elif holders[-1][1] is not t:
+                holders.append((blob, t))
+        base = self._base(t)
         if base is not None:  # views share storage with their base (torch keeps the root there)
-            family = self.sharing.setdefault(id(base), {id(base): base})
-            family[id(t)] = t
+            family = self.sharing.setdefault(base.key, {base.key: base})
+            family[t.key] = t
+
+    def _base(self, t):
+        """The TensorRef of the base of view ``t``, or None (views are held, so a dead ref is no view)."""
+        if t.held is None:
+            return None
+        base = t.held._base
+        return None if base is None else self.rec.ref_of(base)
+
+    def _alias(self, key, index=None):
+        """The blob of a tensor with alias key ``key`` alive at event ``index`` (None: now), or None.
+        A dead tensor's buffer may hold another tensor since: that one is no alias of it."""
+        for blob, holder in self.aliases.get(key, ()):
+            if holder.alive_at(index) if index is not None else holder.tensor is not None:
+                return blob
+        return None
+
+    @staticmethod
+    def _value(t, ev):
+        """The tensor behind a ref whose value the graph keeps (a constant): held by the recorder."""
+        value = t.tensor
+        if value is None:
+            raise CaptureError(f"{describe(ev)}: the value of a constant tensor (shape {list(t.shape)}) was freed "
+                               f"before the graph was built; tracecap kept only a weak reference to it because "
+                               f"it looked computed from the inputs. Name the inputs with cap.build(inputs=...) "
+                               f"as they were passed to the calls in the block.")
+        return value
 
     def _new_source(self, t, kind, name):
-        blob = self.g.add_blob(name, kind, tuple(t.shape), t.dtype, value=t if kind != "input" else None,
-                               quant=Quantization.of(t))
+        tensor = t.tensor
+        if tensor is None:
+            raise CaptureError(f"a tensor of shape {list(t.shape)} needed as the graph's {kind} `{name}` was freed "
+                               f"before the graph was built")
+        blob = self.g.add_blob(name, kind, tuple(tensor.shape), tensor.dtype,
+                               value=tensor if kind != "input" else None, quant=Quantization.of(tensor))
         blob.meta["path"] = name
         if kind == "input":
             self.g.inputs.append(blob)
-        self._bind_blob(t, blob, _version(t))
+        self._bind_blob(t, blob, _version(tensor))
         return blob
 
     def _source_for(self, t, slot, ev):
         """Classify a tensor no recorded op produced."""
-        tid = id(t)
+        tid = t.key
         name = self.rec.param_names.get(tid)
         if name is not None:
             return self._new_source(t, "param", name)
-        key = _alias_key(t)
-        if key is not None and key in self.aliases:
-            blob = self.aliases[key]
-            self._bind_blob(t, blob, _version(t))
+        key = t.alias_key()
+        blob = self._alias(key, ev.index) if key is not None else None
+        if blob is not None:
+            self._bind_blob(t, blob, _version(t.tensor) if t.tensor is not None else None)
             return blob
         explicit = self.explicit_inputs is not None
         path = self.outer_args.get(tid) or (self.outer_args.get(key) if key is not None else None)
-        if slot in opslib.WEIGHT_SLOTS or isinstance(t, torch.nn.Parameter):
+        if slot in opslib.WEIGHT_SLOTS or isinstance(t.tensor, torch.nn.Parameter):
             return self._new_source(t, "param", path or f"{ev_label(ev)}.{slot or 'param'}")
         if path is not None and not explicit:
             return self._new_source(t, "input", path)
@@ -161,8 +189,8 @@ class Builder:
         return _named_writes(ev, op, inplace_name, params)
 
     def _known_constant(self, t):
-        blob = self.current.get(id(t))
-        return blob.is_constant if blob is not None else id(t) in self.rec.param_names
+        blob = self.current.get(t.key)
+        return blob.is_constant if blob is not None else t.key in self.rec.param_names
 
     # ---- events ---------------------------------------------------------------------------
     def _add_event(self, ev):
@@ -187,15 +215,15 @@ class Builder:
             return
 
         bottoms = self._bottoms(ev, params)
-        lookup = {id(t): self.current[id(t)] for t in ev.inputs}
+        lookup = {t.key: self.current[t.key] for t in ev.inputs}
         params = opslib.normalize(op, swap, _sub(params, lookup),
-                                  input_ndim=ev.inputs[0].dim() if ev.inputs else None)
+                                  input_ndim=len(ev.inputs[0].shape) if ev.inputs else None)
         constant = all(b.is_constant for b in (_value_operands(op, params, bottoms) if op in opslib.SHAPE_ONLY_ARGS
                                                 else bottoms))
-        if op in opslib.ALIAS_OPS and not written and len(ev.outputs) == 1 and id(ev.outputs[0]) not in self.current:
+        if op in opslib.ALIAS_OPS and not written and len(ev.outputs) == 1 and ev.outputs[0].key not in self.current:
             # x.data / x.detach(): the same values under another tensor object - one blob for both,
             # so a later in-place write through either is seen by readers of the other
-            self._bind_blob(ev.outputs[0], lookup[id(ev.inputs[0])], ev.out_info[0][2])
+            self._bind_blob(ev.outputs[0], lookup[ev.inputs[0].key], ev.out_info[0][2])
             return
         fills = _fill_values(op, params, ev) if constant else None
         tops = self._tops(ev, written, constant, fills)
@@ -224,13 +252,13 @@ class Builder:
         """The blobs an event reads, classifying tensors seen for the first time; refuses stale reads."""
         bottoms = []
         for t, now in zip(ev.inputs, ev.in_versions):
-            blob = self.current.get(id(t))
-            if self.unfollowable and id(t) in self.unfollowable:
-                raise CaptureError(f"{describe(ev)} reads `{blob.name}`, which {self.unfollowable[id(t)]}")
+            blob = self.current.get(t.key)
+            if self.unfollowable and t.key in self.unfollowable:
+                raise CaptureError(f"{describe(ev)} reads `{blob.name}`, which {self.unfollowable[t.key]}")
             if blob is None:
                 blob = self._source_for(t, _slot_of(params, t), ev)
             else:
-                seen = self.version.get(id(t))
+                seen = self.version.get(t.key)
                 if (seen is not None and now is not None and now != seen and not blob.is_constant
                         and not self._explained_by_set(t, now - seen)):
                     raise CaptureError(
@@ -245,24 +273,26 @@ class Builder:
     def _tops(self, ev, written, constant, fills=None):
         """New blobs (or versions) for what an event returned or wrote; None marks a returned input."""
         tops, out_ids = [], set()
-        written_ids = {id(ev.inputs[i]) for i in written}
+        written_ids = {ev.inputs[i].key for i in written}
         for k, (t, (shape, dtype, ver)) in enumerate(zip(ev.outputs, ev.out_info)):
-            out_ids.add(id(t))
-            old = self.current.get(id(t))
-            if old is not None and id(t) not in written_ids:
+            out_ids.add(t.key)
+            old = self.current.get(t.key)
+            if old is not None and t.key not in written_ids:
                 if old not in tops:
                     tops.append(None)  # returned an input unchanged (contiguous, eval dropout ...)
                 continue
-            if constant and ev.outer and old is None and id(t) in self.outer_args and self.explicit_inputs is None:
+            if constant and ev.outer and old is None and t.key in self.outer_args and self.explicit_inputs is None:
                 # made at block level and handed to a call, e.g. model(torch.randn(1, 3, 224, 224)): an input
-                self._new_source(t, "input", self.outer_args[id(t)])
+                self._new_source(t, "input", self.outer_args[t.key])
                 continue
-            value = fills[k] if fills is not None else (ev.values[k] if ev.values is not None else t)
+            value = fills[k] if fills is not None else (ev.values[k] if ev.values is not None else
+                                                         self._value(t, ev) if constant else None)
             tops.append(self._write(old, t, shape, dtype, value, constant, ver, ev))
         for i in written:  # written in place but not returned (setitem, out=, copy_ ...)
             t = ev.inputs[i]
-            if id(t) not in out_ids:
-                tops.append(self._write(self.current[id(t)], t, tuple(t.shape), t.dtype, t, constant,
+            if t.key not in out_ids:
+                tops.append(self._write(self.current[t.key], t, tuple(t.shape), t.dtype,
+                                        self._value(t, ev) if constant else None, constant,
                                         ev.after_versions[i], ev))
         return tops
 
@@ -272,9 +302,9 @@ class Builder:
         code frees memory so) rebinds x1 only and writes nothing, but bumps the version counter it shares
         with its base and the other views, and torch does not surface it as an op. Each such view is
         now of another shape than recorded; at least ``bumps`` of them must be, or the bump is a write."""
-        root = t._base if t._base is not None else t
+        root = self._base(t) or t
         rebound = sum(1 for tid, u in self.bound.items()
-                      if u is not t and (u is root or u._base is root) and tid in self.current
+                      if u is not t and (u is root or self._base(u) is root) and tid in self.current
                       and self.current[tid].shape is not None and tuple(u.shape) != self.current[tid].shape)
         return rebound >= bumps
 
@@ -284,23 +314,23 @@ class Builder:
         a tensor containing the write gets it through ``setitem`` (``x[:, :c] = x1``)."""
         for i in written:
             w = ev.inputs[i]
-            peers = self.sharing.get(id(w._base if w._base is not None else w), {})
-            lay_w = views.layout(w) if len(peers) > 1 else None
+            peers = self.sharing.get((self._base(w) or w).key, {})
+            lay_w = views.layout(w.tensor) if len(peers) > 1 else None
             if lay_w is not None:
-                self._update_peers(ev, w, lay_w, [t for tid, t in peers.items() if tid != id(w)])
+                self._update_peers(ev, w, lay_w, [t for tid, t in peers.items() if tid != w.key])
 
     def _update_peers(self, ev, w, lay_w, peers):
-        new_w = self.current[id(w)]
+        new_w = self.current[w.key]
         pending = []
         for t in peers:
-            blob = self.current.get(id(t))
-            lay = views.layout(t)
+            blob = self.current.get(t.key)
+            lay = views.layout(t.tensor)
             if blob is None or blob is new_w or lay is None or lay.storage != lay_w.storage:
                 continue
             if blob.is_constant and new_w.is_constant:
                 continue  # constants written by constants stay what they were (no graph to follow)
             if not views.overlaps(lay, lay_w):
-                self.version[id(t)] = None  # its version counter moved with the write; its values did not
+                self.version[t.key] = None  # its version counter moved with the write; its values did not
                 continue
             pending.append((t, lay))
         updated = [(lay_w, new_w)]
@@ -315,13 +345,13 @@ class Builder:
             if made is None:
                 break
         for t, lay in pending:
-            self.version[id(t)] = None
-            self.unfollowable[id(t)] = (f"was changed by {describe(ev)} through a view that is no slice of it "
+            self.version[t.key] = None
+            self.unfollowable[t.key] = (f"was changed by {describe(ev)} through a view that is no slice of it "
                                         f"(a transposed or overlapping view); a static graph cannot express "
                                         f"that - write the result to a new tensor instead")
 
     def _derive_peer(self, ev, t, lay, updated, lay_w):
-        old = self.current[id(t)]
+        old = self.current[t.key]
         if any(old is u for _, u in updated):
             return old  # an alias of a tensor already brought up to date
         for lay_u, new_u in updated:
@@ -375,14 +405,14 @@ class Builder:
         if old is None:
             return
         for tid in self.holders.get(id(old), ()):
-            if tid != id(writer) and self.current.get(tid) is old:
+            if tid != writer.key and self.current.get(tid) is old:
                 self.current[tid] = new
                 self.version[tid] = None
                 self.holders[id(new)].append(tid)
 
     def _version_blob(self, old, t, shape, dtype, value, constant, label):
         kind = "const" if constant else "activation"
-        value, quant = (value if constant else None), Quantization.of(t)
+        value, quant = (value if constant else None), t.quant
         if old is None:
             return self.g.add_blob(label, kind, shape, dtype, value=value, quant=quant)
         root = old.meta.get("root", old)
@@ -398,8 +428,9 @@ class Builder:
         if self.explicit_outputs is not None:
             found = _flat_with_paths("", self.explicit_outputs, [])
             for path, t in found:
-                self._check_followed(t, f"output {path or 0!r}")
-                blob = self.current.get(id(t)) or self.aliases.get(_alias_key(t))
+                ref = self.rec.seen(t)
+                self._check_followed(ref, f"output {path or 0!r}")
+                blob = (self.current.get(ref.key) if ref is not None else None) or self._alias(alias_key(t))
                 if blob is None:
                     raise CaptureError(f"output {path or 0!r} (shape {list(t.shape)}) was not produced by any "
                                        f"recorded op in the capture block")
@@ -408,8 +439,11 @@ class Builder:
         done = [c for c in self.rec.outer_calls if c.done]
         for call in done:
             for _, t in _flat_with_paths("", call.result, []):
-                self._check_followed(t, f"the result of `{call.frame_name}(...)`")
-                blob = self.current.get(id(t))
+                ref = self.rec.seen(t)
+                if ref is None:
+                    continue  # no op read or made it
+                self._check_followed(ref, f"the result of `{call.frame_name}(...)`")
+                blob = self.current.get(ref.key)
                 if blob is not None and not blob.users and not blob.is_constant and blob not in self.g.outputs:
                     self.g.outputs.append(blob)
         if not self.g.outputs and done and not any(_flat_with_paths("", c.result, []) for c in done):
@@ -427,8 +461,8 @@ class Builder:
                                "before the block, or name them with cap.build(inputs=..., outputs=...).")
 
     def _check_followed(self, t, what):
-        if id(t) in self.unfollowable:
-            raise CaptureError(f"{what} {self.unfollowable[id(t)]}")
+        if t is not None and t.key in self.unfollowable:
+            raise CaptureError(f"{what} {self.unfollowable[t.key]}")
 
     def _check_inputs(self):
         if not self.g.inputs and self.g.nodes:

@@ -11,6 +11,23 @@ Three layers, as in bdb.py:
 The global trace function only sees ``'call'`` events; it returns a local tracer
 just for the few frames whose ``'return'`` it needs, with line events switched
 off, and ``None`` for everything else (cheap).
+
+Tensor identity is weak (design.md section 4). Events hold ``TensorRef`` records, not tensors: one
+per tensor object, with a capture-unique ``key`` (``id()`` is unique among live objects only) and
+what the builder reads of it. An op's result computed from the graph's inputs (an activation) is
+held by a weak reference only, so it dies when the model drops it, as without capture; its weakref
+callback retires its ``id()``, so a later tensor that reuses the id gets a new ref and is never
+linked to the dead one's blob, and stamps the time of death, so a tensor that later takes the dead
+one's buffer is not taken for its alias either. Held strongly, because the builder, replay or verify
+read them after the forward:
+
+* parameters, buffers and tensor attributes of the modules called (the graph's weights);
+* arguments and results of the calls made from the ``with`` block (graph inputs and outputs);
+* every tensor first seen as an op's input that no recorded op produced (an input, a parameter, an
+  alias or a constant the graph needs the value of);
+* results not computed from the inputs (constants: factories and ops on constants, whose values
+  the writer needs; factories also keep a copy as created);
+* views (and through them their bases): following writes through views reads their live layout.
 """
 from __future__ import annotations
 
@@ -19,10 +36,11 @@ import os
 import sys
 import sysconfig
 import threading
+import weakref
 
 import torch
 
-from tracecap.graph import map_structure
+from tracecap.graph import Quantization, map_structure
 from tracecap.surfacer import OP_CODE
 
 _MODULE_CALL_CODE = torch.nn.Module._call_impl.__code__
@@ -74,14 +92,95 @@ def _tensors(obj, out):
 
 
 _CONTAINERS = (list, tuple, dict)
+_Tensor = torch.Tensor
+# Reading a tensor's shape, dtype or version from a trace hook can go through torch's Python
+# __torch_function__ dispatch (measured: up to 1.8 us a read on a Tensor method's result, 0.1 us
+# without): the hooks read tensors with torch functions disabled (they run no user code)
+_plain_reads = torch._C.DisableTorchFunction
+# ops whose result takes only the shape/dtype of an input (ops.SHAPE_ONLY_ARGS): a constant even when
+# that input is an activation, so the result is held
+_SHAPE_ONLY = frozenset(("zeros_like", "ones_like", "full_like", "new_zeros", "new_ones", "new_full", "zero_",
+                         "fill_", "expand_as", "view_as", "reshape_as", "type_as"))
 
 
-def _snapshot_args(args):
-    """Fast path of _snapshot for an op's positional args: most hold no containers at all."""
-    for a in args:
-        if isinstance(a, _CONTAINERS):
-            return _snapshot(args)
-    return args
+class TensorRef:
+    """One tensor object seen during capture: a capture-unique ``key`` and what the builder reads.
+
+    ``held`` is the tensor itself when it must survive the forward, else None and ``weak`` refers to
+    it; a weakly referenced tensor's shape, dtype, storage pointer, strides and quantization are
+    recorded when first seen, and read live while it is alive (as for a held one). ``died`` is the
+    number of op calls started before it died (None while it lives): it lived for events below that.
+    """
+
+    __slots__ = ("key", "tid", "held", "weak", "derived", "died", "_shape", "_dtype", "_ptr", "_stride", "_quant",
+                 "_rec")
+
+    def __init__(self, rec, t, hold, derived):
+        rec._keys += 1
+        self.key = rec._keys
+        self.tid = id(t)
+        self.derived = derived
+        self.died = None
+        if hold:
+            self.held, self.weak = t, None
+        else:
+            self.held, self._rec = None, rec
+            self.weak = weakref.ref(t, self._gone)
+            self._shape, self._dtype = t.shape, t.dtype
+            try:
+                self._ptr, self._stride = t.data_ptr(), t.stride()
+            except Exception:  # e.g. sparse or meta tensors: no aliasing by storage
+                self._ptr = None
+            self._quant = Quantization.of(t) if t.is_quantized else None
+        rec._live[self.tid] = self
+
+    def _gone(self, _):
+        rec = self._rec
+        self.died = rec._started
+        if rec._live.get(self.tid) is self:
+            del rec._live[self.tid]
+
+    @property
+    def tensor(self):
+        """The tensor, or None once a weakly held one died."""
+        return self.held if self.held is not None else self.weak()
+
+    @property
+    def shape(self):
+        t = self.tensor
+        return self._shape if t is None else t.shape
+
+    @property
+    def dtype(self):
+        t = self.tensor
+        return self._dtype if t is None else t.dtype
+
+    @property
+    def quant(self):
+        t = self.tensor
+        return self._quant if t is None else Quantization.of(t)
+
+    def alias_key(self):
+        t = self.tensor
+        if t is not None:
+            return alias_key(t)
+        return None if self._ptr is None else (self._ptr, tuple(self._shape), tuple(self._stride), self._dtype)
+
+    def alive_at(self, index):
+        """Was the tensor alive when event ``index`` was called?"""
+        return self.died is None or self.died > index
+
+    def __repr__(self):
+        state = "held" if self.held is not None else ("dead" if self.weak() is None else "weak")
+        return f"<TensorRef {self.key} {state} {tuple(self.shape)}>"
+
+
+def alias_key(t):
+    """Two tensor objects with this key show the same values (same storage, offset, shape, strides)."""
+    try:
+        return (t.data_ptr(), tuple(t.shape), tuple(t.stride()), t.dtype)
+    except Exception:  # e.g. sparse or meta tensors: no aliasing by storage
+        return None
 
 
 def _snapshot(obj):
@@ -113,13 +212,12 @@ class OpEvent:
     __slots__ = (
         "index",     # position in execution order
         "func",      # the torch callable that ran
-        "args",      # positional args (containers copied at call time)
-        "kwargs",    # keyword args
-        "inputs",    # tensors among args/kwargs, in order
+        "args",      # positional args (containers copied at call time, tensors as TensorRefs)
+        "kwargs",    # keyword args (the same)
+        "inputs",    # TensorRefs of the tensors among args/kwargs, in order
         "in_versions",   # their _version before the call
         "after_versions",  # their _version after the call (a bump = written in place)
-        "result",    # the return value
-        "outputs",   # tensors in the result, in order
+        "outputs",   # TensorRefs of the tensors in the result, in order
         "out_info",  # (shape, dtype, _version) for each output at return
         "values",    # for factories only: copies of the outputs as created
         "scope",     # module path of the innermost module running ("" at top level)
@@ -153,17 +251,21 @@ class OuterCall:
 class Recorder:
     """Collects OpEvents and OuterCalls for one thread, between install() and uninstall()."""
 
-    def __init__(self, block_frame):
+    def __init__(self, block_frame, keep_activations=False):
         self.block_frame = block_frame
+        self.keep_activations = keep_activations  # hold every result too (for tools reading them later)
         self.thread = threading.get_ident()
         self.events = []
         self.outer_calls = []
-        self.param_names = {}      # id(param/buffer) -> dotted name
-        self.param_refs = []       # strong refs, so ids stay unique
+        self.param_names = {}      # TensorRef.key of a param/buffer -> dotted name
         self.module_names = {}     # id(module) -> dotted path
         self.training_modules = []
         self.internal_errors = []
-        self.block_names = {}      # id(tensor) -> its variable name in the with-block (set on exit)
+        self.block_names = {}      # TensorRef.key -> the tensor's variable name in the with-block (set on exit)
+        self._live = {}            # id(tensor) -> its TensorRef, while the tensor lives
+        self._keys = 0             # TensorRef keys handed out
+        self._started = 0          # op calls recorded so far (the clock of TensorRef.died)
+        self._outer_ids = set()    # id() of tensors passed to calls from the block (held by those calls)
         self._scopes = []          # stack of (path, class name, call counter)
         self._calls = 0
         self._registered = set()   # ids of modules whose parameters are already named
@@ -193,8 +295,67 @@ class Recorder:
         current = sys.gettrace()
         sys.settrace(self._prev)
         # names the with-block gives its tensors: `y = torch.relu(x)` makes an input called "x"
-        self.block_names = {id(v): k for k, v in self.block_frame.f_locals.items() if isinstance(v, torch.Tensor)}
+        for k, v in self.block_frame.f_locals.items():
+            ref = self.seen(v) if isinstance(v, torch.Tensor) else None
+            if ref is not None:
+                self.block_names[ref.key] = k
         return current is self._installed or current == self._installed
+
+    # ---- tensor identity -----------------------------------------------------------------
+    def ref_of(self, t):
+        """The TensorRef of live tensor ``t`` (a held one is made for a tensor no event saw)."""
+        ref = self._live.get(id(t))
+        return ref if ref is not None else TensorRef(self, t, True, False)
+
+    def seen(self, t):
+        """The TensorRef of live tensor ``t`` if the capture saw it, else None."""
+        return self._live.get(id(t))
+
+    def _input_ref(self, t, outer):
+        """The TensorRef of a tensor an op reads. First seen here, no recorded op made it: a source
+        (input, parameter, alias or constant), held; derived from the inputs when it is one of them."""
+        ref = self._live.get(id(t))
+        if ref is None:
+            ref = TensorRef(self, t, True, outer or id(t) in self._outer_ids)
+        return ref
+
+    def _convert(self, obj, outer, tensors, refs):
+        """obj with its tensors replaced by TensorRefs (containers copied); collects both, in order."""
+        if isinstance(obj, _Tensor):
+            ref = self._input_ref(obj, outer)
+            tensors.append(obj)
+            refs.append(ref)
+            return ref
+        return map_structure(obj, lambda o: self._convert(o, outer, tensors, refs) if isinstance(o, _Tensor) else o)
+
+    def _convert_args(self, args, outer, tensors, refs):
+        """Fast path of _convert for an op's positional args: flat, most of the time."""
+        out = []
+        for a in args:
+            if isinstance(a, _Tensor):
+                ref = self._live.get(id(a)) or self._input_ref(a, outer)
+                tensors.append(a)
+                refs.append(ref)
+                out.append(ref)
+            elif isinstance(a, _CONTAINERS):
+                del tensors[:], refs[:]
+                return self._convert(args, outer, tensors, refs)
+            else:
+                out.append(a)
+        return tuple(out)
+
+    def _output_refs(self, outs, derived):
+        """TensorRefs of an op's results: a new activation weakly, a constant or a view strongly."""
+        refs = []
+        live = self._live
+        for t in outs:
+            ref = live.get(id(t))
+            if ref is None:
+                ref = TensorRef(self, t, not derived or self.keep_activations or t._base is not None, derived)
+            elif derived:
+                ref.derived = True  # e.g. a constant written in place from the inputs
+            refs.append(ref)
+        return refs
 
     def _chained(self, frame, event, arg):
         theirs = self._prev(frame, event, arg)
@@ -256,35 +417,44 @@ class Recorder:
             return None
         loc = frame.f_locals
         ev = OpEvent()
-        ev.index = len(self.events)
+        ev.index = self._started
+        self._started += 1
         ev.func = loc["func"]
-        ev.args = _snapshot_args(loc.get("args") or ())
-        kwargs = loc.get("kwargs")
-        ev.kwargs = _snapshot(kwargs) if kwargs else {}
-        ev.inputs = _tensors(ev.kwargs, _tensors(ev.args, []))
-        ev.in_versions = _versions(ev.inputs)
+        ev.outer = outer = self._from_block(frame)
+        tensors, refs = [], []   # the tensors themselves stay referenced only until the op returns
+        with _plain_reads():
+            ev.args = self._convert_args(loc.get("args") or (), outer, tensors, refs)
+            kwargs = loc.get("kwargs")
+            ev.kwargs = self._convert(kwargs, outer, tensors, refs) if kwargs else {}
+            ev.in_versions = _versions(tensors)
+        ev.inputs = refs
         if self._scopes:
             ev.scope, ev.module, ev.call = self._scopes[-1]
         else:
             ev.scope, ev.module, ev.call = "", None, 0
         ev.where = (user.f_code.co_filename, user.f_lineno)
-        ev.outer = self._from_block(frame)
         if self._lines_off:
             frame.f_trace_lines = False
-        self._pending.append(ev)
+        self._pending.append((ev, tensors))
         return self._op_local
 
     def _op_local(self, frame, event, arg):
         if event == "return":
             try:
-                ev = self._pending.pop()
-                ev.result = arg
-                ev.outputs = _tensors(arg, [])
-                ev.after_versions = _versions(ev.inputs)
-                # a factory (zeros, arange...): keep its value as created, in case it is later written in place
-                ev.values = [t.detach().clone() for t in ev.outputs] if not ev.inputs else None
-                outs = ev.outputs
-                ev.out_info = list(zip([t.shape for t in outs], [t.dtype for t in outs], _versions(outs)))
+                ev, tensors = self._pending.pop()
+                outs = _tensors(arg, [])
+                derived = False
+                for r in ev.inputs:
+                    if r.derived:
+                        derived = getattr(ev.func, "__name__", None) not in _SHAPE_ONLY
+                        break
+                with _plain_reads():
+                    ev.after_versions = _versions(tensors)
+                    # a factory (zeros, arange...): keep its value as created, in case it is later written in place
+                    ev.values = [t.detach().clone() for t in outs] if not tensors else None
+                    ev.out_info = list(zip([t.shape for t in outs], [t.dtype for t in outs], _versions(outs))) \
+                        if len(outs) != 1 else [(outs[0].shape, outs[0].dtype, _version(outs[0]))]
+                    ev.outputs = self._output_refs(outs, derived)
                 if ev.outer:
                     self._finish_outer(arg)
                 self.events.append(ev)
@@ -313,9 +483,11 @@ class Recorder:
             tensor_attrs = {k: v for k, v in vars(module).items() if isinstance(v, torch.Tensor)}
             for store in (module._parameters, module._buffers, tensor_attrs):  # plain tensor attributes too
                 for pname, p in store.items():
-                    if p is not None and id(p) not in self.param_names:
-                        self.param_names[id(p)] = prefix + pname
-                        self.param_refs.append(p)
+                    if p is not None:
+                        ref = self._live.get(id(p))
+                        if ref is None:
+                            ref = TensorRef(self, p, True, False)
+                        self.param_names.setdefault(ref.key, prefix + pname)
         self._calls += 1
         self._scopes.append((path, type(module).__name__, self._calls))
         if self._lines_off:
@@ -339,7 +511,9 @@ class Recorder:
         else:
             n = code.co_argcount + code.co_kwonlyargcount + bool(code.co_flags & 0x04) + bool(code.co_flags & 0x08)
             arguments = [(name, loc[name]) for name in code.co_varnames[:n] if name in loc and name != "self"]
-        self.outer_calls.append(OuterCall(code.co_name, _snapshot(arguments), is_module))
+        arguments = _snapshot(arguments)
+        self._outer_ids.update(id(t) for t in _tensors(arguments, []))
+        self.outer_calls.append(OuterCall(code.co_name, arguments, is_module))
         self._outer_pending.append(self.outer_calls[-1])
         if self._lines_off:
             frame.f_trace_lines = False
