@@ -133,20 +133,28 @@ def _as_inputs(args):
 
 
 def _run_and_capture(model, inputs, steps):
-    """(eager outputs as a list, cleaned graph): the reference forward first, so that a model that
-    fails on these inputs is reported as such (``forward_failure``), then the capture."""
+    """(outputs as a list, cleaned graph): one forward pass, captured - capture changes no number, so its
+    outputs are the reference. When that forward raises, the model is run again without tracecap: if it
+    fails there too, the model fails on these inputs (``forward_failure`` says where); if not, the error
+    is tracecap's and goes up as it is."""
     from tracecap import capture, progress
+    from tracecap.errors import TracecapError
     shapes = [tuple(x.shape) for x in inputs]
     steps(f"capturing forward on input(s) {_shape_text(shapes)}")
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
-            reference = model(*inputs)
-        except Exception as exc:
-            raise forward_failure(exc, model, shapes) from exc
-        with progress.modules_entered(model, quiet=steps.quiet):
-            with capture() as cap:
+            with progress.modules_entered(model, quiet=steps.quiet):
+                with capture() as cap:
+                    reference = model(*inputs)
+        except TracecapError:
+            raise
+        except Exception:
+            try:
                 model(*inputs)
+            except Exception as exc:
+                raise forward_failure(exc, model, shapes) from exc
+            raise
     refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
     return refs, cap.graph
 
