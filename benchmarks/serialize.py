@@ -98,6 +98,24 @@ def _timed(fn) -> float:
     return time.perf_counter() - t0
 
 
+def _remove(*paths) -> None:
+    """Delete the files a timed write made, so every round writes new files (as a conversion does)."""
+    for p in paths:
+        if p.exists():
+            os.unlink(p)
+
+
+def _write_raw(path, arrays, reserve=0) -> None:
+    """The reference: the arrays' float32 bytes, one ``tofile`` each, into one file (its first ``reserve``
+    bytes of blocks reserved before writing, as the writer does, when asked)."""
+    with open(path, "wb") as f:
+        if reserve:
+            from tracecap import atomic
+            atomic._reserve(f, reserve)
+        for a in arrays:
+            a.tofile(f)
+
+
 def synthetic(args) -> bool:
     """The built-net section; True when both ratios meet their targets."""
     layers = build_layers()
@@ -111,14 +129,10 @@ def synthetic(args) -> bool:
         proto, model = Path(tmp, "net.prototxt"), Path(tmp, "net.caffemodel")
 
         def clean():
-            for p in (raw_path, proto, model):
-                if p.exists():
-                    os.unlink(p)
+            _remove(raw_path, proto, model)
 
         def raw():
-            with open(raw_path, "wb") as f:
-                for a in arrays:
-                    a.tofile(f)
+            _write_raw(raw_path, arrays)
 
         def build_and_save():
             writer.save(to_net(layers, name="resnet50", inputs=inputs, dialect=args.dialect), proto, model)
@@ -182,7 +196,6 @@ def captured(name: str):
 
 def graph_save(args) -> bool:
     """caffe.save of a captured ResNet-50 against raw tofile of its blob arrays; True on target."""
-    from tracecap import atomic
     from tracecap.mappers import caffe
     from tracecap.mappers.caffe import _build, to_layers
     model, graph = captured("resnet50")
@@ -195,20 +208,13 @@ def graph_save(args) -> bool:
         proto, model_path = Path(tmp, "net.prototxt"), Path(tmp, "net.caffemodel")
 
         def clean():
-            for p in (raw_path, proto, model_path):
-                if p.exists():
-                    os.unlink(p)
+            _remove(raw_path, proto, model_path)
 
         def raw():
-            with open(raw_path, "wb") as f:
-                for a in arrays:
-                    a.tofile(f)
+            _write_raw(raw_path, arrays)
 
         def raw_reserved():  # for reference: the writer reserves the file's blocks first (tracecap.atomic)
-            with open(raw_path, "wb") as f:
-                atomic._reserve(f, int(mb * 1e6))
-                for a in arrays:
-                    a.tofile(f)
+            _write_raw(raw_path, arrays, reserve=int(mb * 1e6))
 
         jobs = {"raw": raw, "caffe.save": lambda: caffe.save(graph, proto, model_path, dialect=args.dialect),
                 "raw, reserved": raw_reserved}
