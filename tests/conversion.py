@@ -5,6 +5,7 @@ itself, via tracecap.runtimes) and are compared with eager PyTorch.
 """
 import warnings
 
+import numpy as np
 import torch
 from google.protobuf import text_format
 
@@ -96,3 +97,15 @@ def assert_dialects_differ_only_where_expected(paths):
             assert (tb, ta) in _EQUIVALENT, f"layer {na}: bvlc {ta} vs opencv {tb}"
             continue
         assert " ".join(xa.split()) == " ".join(xb.split()), f"layer {na} differs:\n bvlc:   {xa}\n opencv: {xb}"
+
+
+def rewrite_blobs(caffemodel, layer_name, change):
+    """Rewrite one layer's weights in a caffemodel with the protobuf classes: ``change(list of arrays)``."""
+    net = module_for("opencv").NetParameter.FromString(caffemodel.read_bytes())
+    (layer,) = [l for l in net.layer if l.name == layer_name]
+    arrays = [np.array(b.data, dtype=np.float32) for b in layer.blobs]
+    change(arrays)
+    for blob, values in zip(layer.blobs, arrays):
+        del blob.data[:]
+        blob.data.extend(values.tolist())
+    caffemodel.write_bytes(net.SerializeToString())

@@ -7,12 +7,11 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
-from tracecap.mappers.caffe.proto import module_for
 
 from conftest import require_runtime
+from conversion import rewrite_blobs
 
 
 def _tracecap(*args, cwd=None):
@@ -58,12 +57,7 @@ def test_a_corrupted_layer_exits_1_and_shows_its_source_line(tmp_path):
     names = _runtimes()
     assert _tracecap("convert", "cifar_resnet20", "--dialect", "opencv", "-o", tmp_path, "--quiet").returncode == 0
     caffemodel = tmp_path / "cifar_resnet20.caffemodel"
-    net = module_for("opencv").NetParameter.FromString(caffemodel.read_bytes())
-    (layer,) = [l for l in net.layer if l.name == "layer3.1.conv1"]
-    scaled = (np.array(layer.blobs[0].data, dtype=np.float32) * 1.3).tolist()
-    del layer.blobs[0].data[:]
-    layer.blobs[0].data.extend(scaled)
-    caffemodel.write_bytes(net.SerializeToString())
+    rewrite_blobs(caffemodel, "layer3.1.conv1", lambda blobs: blobs[0].__imul__(1.3))
     r = _tracecap("verify", tmp_path / "cifar_resnet20.prototxt", caffemodel, "--against", "cifar_resnet20", "--json")
     assert r.returncode == 1, r.stderr
     report = json.loads(r.stdout)
@@ -128,12 +122,7 @@ def test_the_html_page_of_a_corrupted_layer_names_it(tmp_path):
     names = _runtimes()
     assert _tracecap("convert", "cifar_resnet20", "--dialect", "opencv", "-o", tmp_path, "--quiet").returncode == 0
     caffemodel = tmp_path / "cifar_resnet20.caffemodel"
-    net = module_for("opencv").NetParameter.FromString(caffemodel.read_bytes())
-    (layer,) = [l for l in net.layer if l.name == "layer2.0.conv2"]
-    data = np.array(layer.blobs[0].data, dtype=np.float32)
-    del layer.blobs[0].data[:]
-    layer.blobs[0].data.extend((data * -1).tolist())
-    caffemodel.write_bytes(net.SerializeToString())
+    rewrite_blobs(caffemodel, "layer2.0.conv2", lambda blobs: blobs[0].__imul__(-1))
     page = tmp_path / "report.html"
     r = _tracecap("verify", tmp_path / "cifar_resnet20.prototxt", caffemodel, "--against", "cifar_resnet20",
                   "--html", page)

@@ -14,10 +14,9 @@ from tracecap.convert import ConvertError, convert, verify_against
 from tracecap.legacy_models import cifar_resnet
 from tracecap.legacy_models.lenet import LeNet
 from tracecap.mappers import caffe
-from tracecap.mappers.caffe.proto import module_for
 
 from conftest import require_runtime
-from conversion import capture
+from conversion import capture, rewrite_blobs
 
 ROW_KEYS = {"layer", "type", "top", "op", "module", "where", "shape", "compared", "diffs"}
 
@@ -27,18 +26,6 @@ def _line_of(function, text):
     lines, first = inspect.getsourcelines(function)
     (k,) = [i for i, line in enumerate(lines) if text in line]
     return f"{inspect.getsourcefile(function).rsplit('/', 1)[-1]}:{first + k}"
-
-
-def _rewrite_blobs(caffemodel, layer_name, change):
-    """Rewrite one layer's weights in a caffemodel with the protobuf classes: ``change(list of arrays)``."""
-    net = module_for("opencv").NetParameter.FromString(caffemodel.read_bytes())
-    (layer,) = [l for l in net.layer if l.name == layer_name]
-    arrays = [np.array(b.data, dtype=np.float32) for b in layer.blobs]
-    change(arrays)
-    for blob, values in zip(layer.blobs, arrays):
-        del blob.data[:]
-        blob.data.extend(values.tolist())
-    caffemodel.write_bytes(net.SerializeToString())
 
 
 def _convert(name, tmp_path):
@@ -58,7 +45,7 @@ def _first_bad_is(report, runtime, layer, where):
 
 def test_scaled_conv_weights_are_named_first_with_their_line(tmp_path, runtime):
     proto, model = _convert("cifar_resnet20", tmp_path)
-    _rewrite_blobs(model, "layer2.0.conv2", lambda blobs: blobs[0].__imul__(1.5))
+    rewrite_blobs(model, "layer2.0.conv2", lambda blobs: blobs[0].__imul__(1.5))
     report = verify_against(proto, model, "cifar_resnet20", runtime_names=[runtime], quiet=True)
     _first_bad_is(report, runtime, "layer2.0.conv2", _line_of(cifar_resnet.BasicBlock.forward, "self.conv2("))
     text = layer_report.format_report(report)
@@ -72,7 +59,7 @@ def test_two_swapped_bias_channels_are_named_first(tmp_path, runtime):
 
     def swap(blobs):
         blobs[1][[0, 1]] = blobs[1][[1, 0]]
-    _rewrite_blobs(model, "conv2", swap)
+    rewrite_blobs(model, "conv2", swap)
     report = verify_against(proto, model, "lenet", runtime_names=[runtime], quiet=True)
     _first_bad_is(report, runtime, "conv2", _line_of(LeNet.forward, "self.conv2("))
 
