@@ -110,7 +110,7 @@ def _run_convert(args) -> int:
 
     per_layer = args.per_layer or bool(args.html)
     summary = convert(args.spec, [parse_shape(s) for s in args.input], args.outdir, dialect=args.dialect,
-                      verify=args.verify or per_layer, seed=args.seed, name=args.name, quiet=args.quiet,
+                      verify=args.verify, seed=args.seed, name=args.name, quiet=args.quiet,
                       weights=args.weights, fold_bn=args.fold_bn, code=args.code, legacy=args.legacy,
                       per_layer=per_layer)
     status = 0 if all(v["ok"] for v in summary["verify"].values()) else 1

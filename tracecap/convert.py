@@ -132,7 +132,7 @@ def _as_inputs(args):
     return inputs
 
 
-def _run_and_capture(model, inputs, steps):
+def run_and_capture(model, inputs, steps):
     """(outputs as a list, cleaned graph): one forward pass, captured - capture changes no number, so its
     outputs are the reference. When that forward raises, the model is run again without tracecap: if it
     fails there too, the model fails on these inputs (``forward_failure`` says where); if not, the error
@@ -192,14 +192,13 @@ def _verify_outputs(graph, inputs, refs, run_files, summary, steps, read_all=Fal
     return shipped
 
 
-def _per_layer(graph, inputs, refs, files, run_files, dialect, shipped, steps, model_name):
+def _per_layer(graph, inputs, refs, files, run_files, layers, dialect, shipped, steps, model_name):
     """The per-layer report (tracecap.layer_report) of written files; prints its verdict line per runtime."""
     from tracecap import layer_report, progress
-    from tracecap.mappers import caffe
     names = list(shipped) or None
     steps(f"comparing every layer with PyTorch{' on ' + ', '.join(names) if names else ''}")
     tick = progress.reporter("per-layer runs", quiet=steps.quiet)
-    report = layer_report.build(graph, *files, inputs, layers=caffe.to_layers(graph, dialect), dialect=dialect,
+    report = layer_report.build(graph, *files, inputs, layers=layers, dialect=dialect,
                                 runtime_names=names, deployed=shipped, model=model_name, eager=refs,
                                 progress=tick, run_files=run_files)
     for rt, r in report["runtimes"].items():
@@ -212,11 +211,11 @@ def _per_layer(graph, inputs, refs, files, run_files, dialect, shipped, steps, m
 def _pipeline(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, model_name=None):
     """capture -> (fold BN) -> write -> verify outputs -> per-layer report: what export and convert run."""
     import tempfile
-    from tracecap import runtimes
+    from tracecap import progress, runtimes
     from tracecap.mappers import caffe
     from tracecap.verify import runnable
     t0 = time.perf_counter()
-    refs, graph = _run_and_capture(model, inputs, steps)
+    refs, graph = run_and_capture(model, inputs, steps)
     if fold_bn:
         from tracecap.passes import fold_batchnorm, run_passes
         run_passes(graph, [fold_batchnorm])
@@ -225,8 +224,8 @@ def _pipeline(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, m
         os.makedirs(os.path.dirname(path), exist_ok=True)
     proto, caffemodel = f"{path}.prototxt", f"{path}.caffemodel"
     steps(f"writing {proto} and {caffemodel} ({dialect} dialect, {len(graph.nodes)} ops)")
-    from tracecap import progress
-    caffe.save(graph, proto, caffemodel, dialect=dialect,
+    layers = caffe.to_layers(graph, dialect)  # once: the files and the per-layer report use the same layers
+    caffe.save(graph, proto, caffemodel, dialect=dialect, layers=layers,
                progress=progress.reporter("writing weights", quiet=steps.quiet, min_total=progress.BIG_FILE_BYTES))
     summary = {"dialect": dialect, "prototxt": proto, "caffemodel": caffemodel,
                "inputs": {b.name: list(b.shape) for b in graph.inputs},
@@ -239,8 +238,8 @@ def _pipeline(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, m
             run_files = runnable(proto, caffemodel, dialect, tmp)
             shipped = _verify_outputs(graph, inputs, refs, run_files, summary, steps, read_all=per_layer)
             if per_layer:
-                summary["per_layer"] = _per_layer(graph, inputs, refs, (proto, caffemodel), run_files, dialect,
-                                                  shipped, steps, model_name)
+                summary["per_layer"] = _per_layer(graph, inputs, refs, (proto, caffemodel), run_files, layers,
+                                                  dialect, shipped, steps, model_name)
     summary["seconds"] = round(time.perf_counter() - t0, 3)
     return summary
 
@@ -262,6 +261,16 @@ def export(model, args, path, dialect="opencv", verify=True, per_layer=False, fo
     return _pipeline(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, type(model).__name__)
 
 
+def example_inputs(shapes, default_shape, seed=0):
+    """Seeded random inputs of ``shapes``, else of the model's ``default_shape``; an error without either."""
+    if not shapes:
+        if default_shape is None:
+            raise ConvertError("give the input shape(s) with --input, e.g. --input 1x3x224x224")
+        shapes = [tuple(default_shape)]
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(tuple(s), generator=gen) for s in shapes]
+
+
 def _seeded(factory_call, seed):
     """Build the model under a fixed torch seed (then restore the caller's RNG): the same SPEC gives the
     same initial weights in convert and in verify --against."""
@@ -270,7 +279,9 @@ def _seeded(factory_call, seed):
         return factory_call()
 
 
-def _load(spec, weights, code, seed, steps):
+def load_model(spec, weights, code, seed, steps):
+    """(model in eval mode, its default input shape or None, short name): ``spec`` resolved and built
+    under ``seed``, with ``weights`` loaded when given."""
     steps(f"loading model {spec}")
     model, default_shape, short = _seeded(lambda: resolve_model(spec, code), seed)
     if weights is not None:
@@ -290,14 +301,9 @@ def convert(spec, shapes, outdir, dialect="opencv", verify=False, seed=0, name=N
     verify = verify or per_layer
     steps = Steps(3 + bool(verify) + bool(per_layer), quiet=quiet)
     t0 = time.perf_counter()
-    model, default_shape, short = _load(spec, weights, code, seed, steps)
+    model, default_shape, short = load_model(spec, weights, code, seed, steps)
     name = name or short
-    if not shapes:
-        if default_shape is None:
-            raise ConvertError("give the input shape(s) with --input, e.g. --input 1x3x224x224")
-        shapes = [tuple(default_shape)]
-    gen = torch.Generator().manual_seed(seed)
-    inputs = [torch.randn(s, generator=gen) for s in shapes]
+    inputs = example_inputs(shapes, default_shape, seed)
     result = _pipeline(model, inputs, os.path.join(outdir, name), dialect, verify, per_layer, fold_bn, steps, spec)
     summary = {"model": spec, "weights": weights and os.fspath(weights), **result,
                "seconds": round(time.perf_counter() - t0, 3)}
@@ -312,7 +318,7 @@ def verify_against(prototxt, caffemodel, spec, shapes=None, weights=None, code=N
     """The per-layer report of existing Caffe files against the PyTorch model ``spec`` (resolved as
     ``convert`` resolves it, built with the same seed). Inputs: ``npz`` arrays by blob name, else
     seeded random ones of ``shapes`` or of the shapes the prototxt declares."""
-    from tracecap import layer_report
+    from tracecap import layer_report, progress
     from tracecap.mappers import caffe
     from tracecap.mappers.caffe.inspect import parse_any_dialect
     from tracecap.progress import Steps
@@ -320,7 +326,7 @@ def verify_against(prototxt, caffemodel, spec, shapes=None, weights=None, code=N
     steps = Steps(4, quiet=quiet)
     dialect = parse_any_dialect(prototxt)[1]
     declared = input_shapes(prototxt)
-    model, _, _ = _load(spec, weights, code, seed, steps)
+    model, _, _ = load_model(spec, weights, code, seed, steps)
     if npz is not None:
         import numpy as np
         with np.load(npz) as data:
@@ -332,9 +338,8 @@ def verify_against(prototxt, caffemodel, spec, shapes=None, weights=None, code=N
         if shapes and len(shapes) != len(declared):
             raise ConvertError(f"{len(shapes)} --input shape(s) given; {prototxt} has {len(declared)} input(s) "
                                f"({', '.join(declared)})")
-        gen = torch.Generator().manual_seed(seed)
-        inputs = [torch.randn(s, generator=gen) for s in (shapes or list(declared.values()))]
-    refs, graph = _run_and_capture(model, inputs, steps)
+        inputs = example_inputs(shapes or list(declared.values()), None, seed)
+    refs, graph = run_and_capture(model, inputs, steps)
     if fold_bn:
         from tracecap.passes import fold_batchnorm, run_passes
         run_passes(graph, [fold_batchnorm])
@@ -345,7 +350,6 @@ def verify_against(prototxt, caffemodel, spec, shapes=None, weights=None, code=N
     steps("mapping the capture to Caffe layers")
     layers = caffe.to_layers(graph, dialect)
     steps("comparing every layer with PyTorch")
-    from tracecap import progress
     return layer_report.build(graph, prototxt, caffemodel, inputs, layers=layers, dialect=dialect,
                               runtime_names=runtime_names, model=spec, eager=refs,
                               progress=progress.reporter("per-layer runs", quiet=quiet))

@@ -84,26 +84,12 @@ def boxes_from_spec(spec, shapes=(), dialect="opencv"):
     """(boxes, model name) for a model SPEC, captured and mapped in memory (nothing is written).
 
     Scopes come from the capture: each Caffe layer's origin node knows its module path."""
-    import torch
-    from tracecap import capture
-    from tracecap.convert import ConvertError, forward_failure, resolve_model
+    from tracecap.convert import example_inputs, load_model, run_and_capture
     from tracecap.mappers import caffe
-    model, default_shape, short = resolve_model(spec)
-    model.eval()
-    shapes = [tuple(s) for s in shapes] or ([tuple(default_shape)] if default_shape else [])
-    if not shapes:
-        raise ConvertError("give the input shape(s) with --input, e.g. --input 1x3x224x224")
-    gen = torch.Generator().manual_seed(0)
-    inputs = [torch.randn(s, generator=gen) for s in shapes]
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            model(*inputs)
-        except Exception as exc:
-            raise forward_failure(exc, model, shapes) from exc
-        with capture() as cap:
-            model(*inputs)
-    graph = cap.graph
+    from tracecap.progress import Steps
+    steps = Steps(2, quiet=True)  # the convert pipeline's own loading and capture, told nothing
+    model, default_shape, short = load_model(spec, None, None, 0, steps)
+    _, graph = run_and_capture(model, example_inputs(shapes, default_shape), steps)
     boxes = [Box(caffe.caffe_name(b), "Input", [], [caffe.caffe_name(b)], "") for b in graph.inputs]
     for layer in caffe.to_layers(graph, dialect):
         scope = layer.origin.scope if layer.origin is not None else scope_from_name(layer.name)

@@ -104,7 +104,7 @@ def to_net(graph, dialect="bvlc", name="tracecap"):
     return _build(graph, dialect, name, with_blobs=True)
 
 
-def save(graph, prototxt, caffemodel, dialect="bvlc", name="tracecap", *, progress=None):
+def save(graph, prototxt, caffemodel, dialect="bvlc", name="tracecap", *, progress=None, layers=None):
     """Write ``graph`` as ``prototxt`` + ``caffemodel``, atomically (nothing half-written on failure).
 
     A quantized graph (``tracecap.quant``) becomes the float net its integers encode, and its
@@ -118,10 +118,11 @@ def save(graph, prototxt, caffemodel, dialect="bvlc", name="tracecap", *, progre
     Weights are written from the tensors' own memory (no copy of the model is made); a blob
     that is a transform of a weight (a transpose, a dtype conversion) is made while its layer
     is written. ``progress(done_bytes, total_bytes)``, if given, is called as weights reach the
-    file (after every layer with blobs), ``done`` growing to ``total``.
+    file (after every layer with blobs), ``done`` growing to ``total``. ``layers``: ``to_layers(graph,
+    dialect)`` when the caller already has them (the per-layer report uses the same), else made here.
     """
     from tracecap.quant import table
-    layers = to_layers(graph, dialect)
+    layers = to_layers(graph, dialect) if layers is None else layers
     net, blobs = _build(graph, dialect, name, with_blobs=False, layers=layers)
     # a quantized graph also gets its quantization table (<model>.quant.json), in the same atomic step
     writer.save_parts(net, blobs, prototxt, caffemodel, extra=table.files_for(graph, layers, caffemodel),
