@@ -172,6 +172,34 @@ def test_in_place_tops_are_compared_only_after_their_last_writer(tmp_path):
     assert report["runtimes"]["opencv"]["ok"]
 
 
+class _SliceWrite(nn.Module):
+    """An in-place op whose call returns nothing (``x[:, 0] = ...``, inception_v3's transform_input)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        x = x.clone()
+        x[:, 0] = x[:, 0] * 2 + 1
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("runtime", ["opencv", "caffe"])
+def test_a_slice_write_is_replayed_and_compared(tmp_path, runtime):
+    """The replay takes the written tensor of a slice write as its top (it once crashed here, reading the
+    arguments of a call it had not made)."""
+    require_runtime(runtime)
+    torch.manual_seed(0)
+    summary = tracecap.export(_SliceWrite().eval(), torch.randn(1, 3, 8, 8), tmp_path / "m", per_layer=True)
+    report = summary["per_layer"]
+    assert report["runtimes"][runtime]["ok"] and report["runtimes"][runtime]["first_divergence"] is None
+    rows = {r["layer"]: r for r in report["layers"]}
+    assert rows["conv"]["compared"] and rows["conv"]["diffs"][runtime]["ok"]
+    assert any(r["compared"] and r["op"] == "setitem" for r in report["layers"]), \
+        [(r["layer"], r["op"], r["compared"]) for r in report["layers"]]
+
+
 def test_another_layout_is_not_compared():
     assert layer_report._diff(np.zeros((1, 6, 1, 1)), np.zeros((1, 6)), 1e-4)["ok"]  # the same values in order
     assert layer_report._diff(np.zeros((3, 2)), np.zeros((2, 3)), 1e-4) is None      # transposed: not comparable

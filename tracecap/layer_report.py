@@ -26,9 +26,8 @@ from __future__ import annotations
 import linecache
 import os
 
-import numpy as np
 
-from tracecap.compare import MODEL_TOLERANCE, OP_TOLERANCE, scale_of, stats
+from tracecap.compare import MODEL_TOLERANCE, OP_TOLERANCE, stats, within_tolerance
 from tracecap.errors import CaptureError, TracecapError
 
 
@@ -58,12 +57,15 @@ def torch_values(graph, inputs, eager=None):
     reported as such rather than blamed on a layer."""
     import torch
     from tracecap import replay
-    outs, env = replay.run(graph, *inputs, call=_replay_call, return_env=True)
+    from tracecap.ops import reference
+    # a node whose recorded call cleanup made invalid (``x.t().contiguous().view(...)`` with the
+    # ``contiguous`` gone: ``view`` refuses) is computed from its op and params
+    outs, env = replay.run(graph, *inputs, return_env=True, fallback=reference.call)
     if eager is not None:
         for blob, got, want in zip(graph.outputs, outs, eager):
             want = want.detach().float().numpy()
             got = got.detach().float().numpy()
-            if got.shape != want.shape or np.abs(got - want).max(initial=0.0) > OP_TOLERANCE * scale_of(want):
+            if got.shape != want.shape or not within_tolerance(got, want, OP_TOLERANCE)[1]:
                 raise CaptureError(f"the captured graph does not reproduce the model's output {blob.name}; the "
                                    f"per-layer report would compare against the wrong values")
     activations = {b.name for b in graph.blobs.values() if not b.is_constant}
@@ -73,22 +75,6 @@ def torch_values(graph, inputs, eager=None):
             v = v.dequantize() if v.is_quantized else v
             values[name] = v.detach().float().numpy()   # float32: no copy for the usual float tensors
     return values
-
-
-def _replay_call(node, env):
-    """The node's recorded call; when cleanup removed what made it valid (``x.t().contiguous().view(...)``
-    with the ``contiguous`` gone, ``view`` refuses), the node computed from its op and params."""
-    from tracecap import replay
-    from tracecap.ops import reference
-    if node.target is not None:
-        args, kwargs = replay._resolve(node.args, env), replay._resolve(node.kwargs, env)
-        if node.meta.get("inplace"):
-            args, kwargs = replay._clone_written(node, args, kwargs)
-        try:
-            return node.target(*args, **kwargs)
-        except RuntimeError:
-            pass
-    return reference.call(node, env)
 
 
 # ---------------------------------------------------------------------------------------- the rows

@@ -18,12 +18,14 @@ def _resolve(obj, env):
     return map_structure(obj, lambda o: env[o.name] if isinstance(o, Blob) else o)
 
 
-def run(graph, *inputs, call=None, return_env=False):
+def run(graph, *inputs, call=None, return_env=False, fallback=None):
     """Execute ``graph`` on ``inputs`` (one tensor per graph input, in order).
 
     ``call(node, env)`` may replace the default execution (``node.target(*args, **kwargs)``);
     it must return the node's raw result. In-place targets run on clones, so
-    every blob version keeps its own value.
+    every blob version keeps its own value. ``fallback(node, env)``, if given, computes a
+    node whose recorded call raises RuntimeError (a pass removed what made it valid, e.g. the
+    ``contiguous`` before a ``view``).
     """
     if len(inputs) != len(graph.inputs):
         raise ValueError(f"graph has {len(graph.inputs)} inputs, got {len(inputs)}")
@@ -31,6 +33,7 @@ def run(graph, *inputs, call=None, return_env=False):
     env.update({b.name: x for b, x in zip(graph.inputs, inputs)})
     with torch.no_grad():
         for node in graph.nodes:
+            args = ()  # the tensors an in-place target wrote, when it ran here (never a previous node's)
             if call is not None:
                 result = call(node, env)
             elif node.target is None:
@@ -41,7 +44,12 @@ def run(graph, *inputs, call=None, return_env=False):
                 kwargs = _resolve(node.kwargs, env)
                 if node.meta.get("inplace"):
                     args, kwargs = _clone_written(node, args, kwargs)
-                result = node.target(*args, **kwargs)
+                try:
+                    result = node.target(*args, **kwargs)
+                except RuntimeError:
+                    if fallback is None:
+                        raise
+                    args, result = (), fallback(node, env)
             outs = _tensors(result, [])
             skip = set(node.meta.get("passthrough_outputs", ()))
             produced = [o for k, o in enumerate(outs) if k not in skip]
