@@ -41,6 +41,7 @@ import weakref
 import torch
 
 from tracecap.graph import Quantization, map_structure
+from tracecap.ops.categories import SHAPE_ONLY_ARGS
 from tracecap.surfacer import OP_CODE
 
 _MODULE_CALL_CODE = torch.nn.Module._call_impl.__code__
@@ -97,10 +98,10 @@ _Tensor = torch.Tensor
 # __torch_function__ dispatch (measured: up to 1.8 us a read on a Tensor method's result, 0.1 us
 # without): the hooks read tensors with torch functions disabled (they run no user code)
 _plain_reads = torch._C.DisableTorchFunction
-# ops whose result takes only the shape/dtype of an input (ops.SHAPE_ONLY_ARGS): a constant even when
-# that input is an activation, so the result is held
-_SHAPE_ONLY = frozenset(("zeros_like", "ones_like", "full_like", "new_zeros", "new_ones", "new_full", "zero_",
-                         "fill_", "expand_as", "view_as", "reshape_as", "type_as"))
+# ops whose result takes only the shape/dtype of an input (ops.SHAPE_ONLY_ARGS, by the function's own
+# name: ``zero_``/``fill_`` are spelt in place): a constant even when that input is an activation, so the
+# result is held
+_SHAPE_ONLY = frozenset(name for op in SHAPE_ONLY_ARGS for name in (op, op + "_"))
 
 
 class TensorRef:
