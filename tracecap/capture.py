@@ -1,31 +1,16 @@
 """``tracecap.capture()``: the context manager users write their forward pass in."""
 from __future__ import annotations
 
-import contextlib
-import gc
 import sys
 import threading
 import warnings
 
-from tracecap import builder, passes
+from tracecap import builder, collector, passes
 from tracecap.errors import CaptureError
 from tracecap.recorder import Recorder
 from tracecap.surfacer import Surfacer
 
 _active = threading.local()
-
-
-@contextlib.contextmanager
-def _no_gc():
-    """Building allocates ~10 objects per op and frees none: each full collection would walk all of
-    them (and the captured tensors), which made building 48,000 ops 3x slower than linear."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 class capture:
@@ -108,7 +93,7 @@ class capture:
         if not self._finished:
             why = f"the block raised {type(self._error).__name__}" if self._error is not None else "the block has not finished"
             raise CaptureError(f"no graph: {why}")
-        with _no_gc():
+        with collector.paused():
             graph = builder.build_graph(self._recorder, inputs, outputs)
             if clean:
                 passes.cleanup(graph)

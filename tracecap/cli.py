@@ -217,6 +217,15 @@ def _traceback_if(debug):
         traceback.print_exc()
 
 
+def run(argv=None) -> int:
+    """The ``tracecap`` command (console script, ``python -m tracecap``): ``main`` in a process that ends
+    with the command, so the objects set aside from the garbage collector stay set aside
+    (``tracecap.collector``)."""
+    from tracecap import collector
+    collector.for_this_process()
+    return main(argv)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -209,7 +209,16 @@ def _per_layer(graph, inputs, refs, files, run_files, layers, dialect, shipped, 
 
 
 def _pipeline(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, model_name=None):
-    """capture -> (fold BN) -> write -> verify outputs -> per-layer report: what export and convert run."""
+    """capture -> (fold BN) -> write -> verify outputs -> per-layer report: what export and convert run.
+
+    The model's and torch's objects are set aside from the garbage collector meanwhile
+    (``tracecap.collector``): a full collection walking them cost a third of a conversion."""
+    from tracecap import collector
+    with collector.older_objects_set_aside():
+        return _stages(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, model_name)
+
+
+def _stages(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, model_name):
     import tempfile
     from tracecap import progress, runtimes
     from tracecap.mappers import caffe

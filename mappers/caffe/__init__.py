@@ -121,10 +121,12 @@ def save(graph, prototxt, caffemodel, dialect="bvlc", name="tracecap", *, progre
     file (after every layer with blobs), ``done`` growing to ``total``. ``layers``: ``to_layers(graph,
     dialect)`` when the caller already has them (the per-layer report uses the same), else made here.
     """
+    from tracecap import collector
     from tracecap.quant import table
-    layers = to_layers(graph, dialect) if layers is None else layers
-    net, blobs = _build(graph, dialect, name, with_blobs=False, layers=layers)
-    # a quantized graph also gets its quantization table (<model>.quant.json), in the same atomic step
-    writer.save_parts(net, blobs, prototxt, caffemodel, extra=table.files_for(graph, layers, caffemodel),
-                      progress=progress)
+    with collector.older_objects_set_aside():  # the messages built here would set off a full collection
+        layers = to_layers(graph, dialect) if layers is None else layers
+        net, blobs = _build(graph, dialect, name, with_blobs=False, layers=layers)
+        # a quantized graph also gets its quantization table (<model>.quant.json), in the same atomic step
+        writer.save_parts(net, blobs, prototxt, caffemodel, extra=table.files_for(graph, layers, caffemodel),
+                          progress=progress)
     return net
