@@ -179,3 +179,42 @@ def test_reserving_space_never_leaves_extra_bytes(tmp_path):
     assert path.read_bytes() == b"x" * 1000
     atomic.write_files([(path, lambda write: write(b"y" * (3 << 20)), 2 << 20)])
     assert path.read_bytes() == b"y" * (3 << 20)
+
+
+def _reserved_sizes(monkeypatch):
+    from tracecap import atomic
+    sizes = []
+    real = atomic._reserve
+    monkeypatch.setattr(atomic, "_reserve", lambda f, size: (sizes.append(size), real(f, size)))
+    return sizes
+
+
+@pytest.mark.parametrize("shapes", [[(300, 1000)], [(2, 3, 4, 5, 6, 7, 8, 9)] * 400 + [(1 << 18,)],
+                                    [(1 << 18,), (), (0,), (128, 2048)]])
+def test_the_whole_caffemodel_is_reserved(tmp_path, monkeypatch, shapes):
+    """ext4 writes a file renamed over an existing one back to disk at once unless all its blocks are
+    allocated: the reservation must cover the file, headers and framing included (tracecap.atomic)."""
+    layers, bottom = [], "data"
+    rng = np.random.default_rng(0)
+    for i, shape in enumerate(shapes):
+        layers.append(Layer("Scale", f"scale{i}", [bottom], [f"s{i}"], {"bias_term": False},
+                            [rng.standard_normal(shape).astype(np.float32)]))
+        bottom = f"s{i}"
+    parts = netspec.to_net(layers, name="n" * 300, inputs={"data": (1, 3, 4, 4)}, dialect="opencv", with_blobs=False)
+    sizes = _reserved_sizes(monkeypatch)
+    for round in range(2):  # a new file, then one replacing it
+        writer.save_parts(parts.net, parts.blobs, tmp_path / "n.prototxt", tmp_path / "n.caffemodel")
+    data = (tmp_path / "n.caffemodel").read_bytes()
+    assert data == writer.caffemodel_bytes(parts.net, parts.blobs)
+    assert len(sizes) == 2 and all(s >= len(data) for s in sizes), (sizes, len(data))
+    assert sizes[0] - len(data) < 64 * (len(shapes) + 1) + 10 * sum(len(s) for s in shapes)
+
+
+def test_a_captured_model_is_reserved_whole(tmp_path, monkeypatch):
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3), torch.nn.BatchNorm2d(64), torch.nn.ReLU(),
+                                torch.nn.Flatten(), torch.nn.Linear(64 * 30 * 30, 80)).eval()
+    with torch.no_grad(), tracecap.capture() as cap:
+        model(torch.randn(1, 3, 32, 32))
+    sizes = _reserved_sizes(monkeypatch)
+    caffe.save(cap.graph, tmp_path / "n.prototxt", tmp_path / "n.caffemodel", dialect="opencv")
+    assert sizes and sizes[0] >= (tmp_path / "n.caffemodel").stat().st_size

@@ -6,8 +6,12 @@ replace that fails - no temporary is left behind and every target that existed b
 it was (targets are hard-linked to a backup before being replaced, so they can be put back).
 Used for the Caffe files and for every other output set tracecap writes.
 
-A target may say how big it will be at least: its blocks are then reserved before writing
-(Linux ``fallocate``), which writes a big file noticeably faster than growing it write by write.
+A target may say how big it will be: its blocks are then reserved before writing (Linux
+``fallocate``), and the file is cut where the writing stopped. Reserving the WHOLE file matters
+more than it seems: ext4 (``auto_da_alloc``) starts writing a file back to disk at once when it
+is renamed over an existing one - unless none of its blocks are still to be allocated. A
+reservation a few bytes short sent every reconversion's 100 MB to the disk and made replacing
+files 2-4x slower than writing new ones; so the size given should be a bound from above.
 """
 from __future__ import annotations
 
@@ -22,8 +26,8 @@ def write_files(targets, fsync: bool = False) -> None:
 
     The files are written in the order given and moved into place in that order, so the last
     one appears last. With ``fsync`` data and directory entries are flushed before returning.
-    A target ``(path, emit, at_least)`` promises at least ``at_least`` bytes (a lower bound: the
-    file is exactly what ``emit`` writes either way); its space is reserved up front.
+    A target ``(path, emit, size)`` says ``emit`` writes about ``size`` bytes, best at most that
+    many: the space is reserved up front and the file is exactly what ``emit`` wrote either way.
     """
     paths = [Path(t[0]) for t in targets]
     if len({os.path.abspath(p) for p in paths}) != len(paths):
@@ -31,12 +35,13 @@ def write_files(targets, fsync: bool = False) -> None:
     temps: list[Path] = []
     try:
         for path, target in zip(paths, targets):
-            emit, at_least = target[1], (target[2] if len(target) > 2 else 0)
+            emit, size = target[1], (target[2] if len(target) > 2 else 0)
             with _open_temp(path, temps) as f:
-                if at_least >= _RESERVE_FROM:
-                    _reserve(f, at_least)
+                reserved = size >= _RESERVE_FROM
+                if reserved:
+                    _reserve(f, size)
                 emit(f.write)
-                if at_least and f.tell() < at_least:  # fewer bytes than promised: no reserved zeros left
+                if reserved and f.tell() < size:  # fewer bytes than reserved: no reserved zeros left
                     f.truncate()
                 _finish(f, fsync)
         _replace_all(list(zip(temps, paths)), fsync)
@@ -67,7 +72,7 @@ def _reserve(f, size: int) -> None:
 
     glibc's ``fallocate`` (through ctypes: ``os.posix_fallocate`` would fall back to writing
     zeros on filesystems that cannot allocate, doubling the I/O). The file's length becomes
-    ``size``; the writes that follow cover it, since ``size`` is a lower bound.
+    ``size``; ``write_files`` cuts it where the writes end.
     """
     global _fallocate
     if _fallocate is None:
