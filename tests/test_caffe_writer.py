@@ -603,3 +603,21 @@ def test_save_parts_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatc
         assert proto.read_bytes() == b"old prototxt" and model.read_bytes() == b"old caffemodel"
 
 
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 255, 300, 16383, 16384, 2 ** 21 - 1, 2 ** 21, 2 ** 31 + 5,
+                                   2 ** 63 - 1])
+def test_varints_are_protobufs(value):
+    pb = module_for("opencv")
+    assert wire.encode_varint(value) == pb.BlobShape(dim=[value]).SerializeToString()[2:]
+
+
+@pytest.mark.parametrize("shape", [(), (1,), (127, 1), (128, 3), (5, 70000, 2), (0, 3)])
+def test_blob_pieces_are_protobufs(shape):
+    pb = module_for("opencv")
+    arr = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    blob = pb.BlobProto()
+    blob.MergeFromString(b"".join(wire.array_blob_pieces(arr)))
+    expected = pb.BlobProto(shape=pb.BlobShape(dim=list(shape)), data=arr.reshape(-1).tolist())
+    assert b"".join(wire.array_blob_pieces(arr)) == expected.SerializeToString(deterministic=True)
+    assert list(blob.shape.dim) == list(shape)

@@ -27,6 +27,8 @@ def encode_varint(value: int) -> bytes:
     """Protobuf base-128 varint of a non-negative int."""
     if value < 0x80:  # the common case (tags, dims, small lengths)
         return _ONE_BYTE[value]
+    if value < 0x4000:  # layer and blob headers
+        return bytes((value & 0x7F | 0x80, value >> 7))
     out = bytearray()
     while True:
         low, value = value & 0x7F, value >> 7
@@ -81,11 +83,18 @@ def array_blob_pieces(arr: np.ndarray) -> list:
     The one encoder of array blobs: ``netspec.to_net`` parses it into BlobProto
     messages and ``writer.save_parts`` writes it straight to the file.
     """
-    dims = b"".join(encode_varint(int(d)) for d in arr.shape)
+    dims = _packed_dims(arr.shape)
     shape = _DIM_TAG + encode_varint(len(dims)) + dims if dims else b""
-    pieces = packed_float_field(memoryview(arr.reshape(-1)).cast("B")) if arr.size else []
+    pieces = packed_float_field(memoryview(arr if arr.ndim else arr.reshape(-1)).cast("B")) if arr.size else []
     pieces.append(_SHAPE_TAG + encode_varint(len(shape)) + shape)
     return pieces
+
+
+def _packed_dims(shape) -> bytes:
+    """The varints of ``shape``'s dims one after the other (each dim below 128 is its own byte)."""
+    if shape and max(shape) < 0x80:
+        return bytes(shape)
+    return b"".join(encode_varint(int(d)) for d in shape)
 
 
 def packed_float_field(view) -> list:
@@ -183,9 +192,12 @@ def copy_field(target, fd, value) -> None:
         setattr(target, fd.name, value)
 
 
+try:
+    from google.protobuf.unknown_fields import UnknownFieldSet as _unknown_fields  # protobuf >= 4.24
+except ImportError:  # pragma: no cover - old runtimes
+    def _unknown_fields(msg):
+        return msg.UnknownFields()
+
+
 def has_unknown_fields(msg) -> bool:
-    try:
-        from google.protobuf import unknown_fields  # protobuf >= 4.24
-    except ImportError:  # pragma: no cover - old runtimes
-        return len(msg.UnknownFields()) > 0
-    return len(unknown_fields.UnknownFieldSet(msg)) > 0
+    return len(_unknown_fields(msg)) > 0

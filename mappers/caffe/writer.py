@@ -220,19 +220,21 @@ def _write_caffemodel(net, write, arrays=None, report=None) -> None:
         if any(isinstance(a, LazyBlob) for a in own):  # made now, dropped once the layer is written
             own = [written_array(a, f"layer {layer.name!r}: blob {k}") for k, a in enumerate(own)]
         pieces = _layer_pieces(layer, own)
-        write(NET_LAYER_TAG + encode_varint(sum(len(p) for p in pieces)))
-        if report is None:
-            for p in pieces:
-                write(p)
-            continue
+        small = [NET_LAYER_TAG + encode_varint(sum(map(len, pieces)))]  # headers between blobs: one write
         for p in pieces:
             if type(p) is not memoryview:
+                small.append(p)
+                continue
+            write(b"".join(small))
+            small.clear()
+            if report is None:
                 write(p)
                 continue
             for start in range(0, len(p), _CHUNK):  # blob data, reported as it goes
                 part = p[start:start + _CHUNK]
                 write(part)
                 report.add(len(part))
+        write(b"".join(small))
     write(after)
     if report is not None:
         report.finish()
