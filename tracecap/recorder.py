@@ -485,10 +485,7 @@ class Recorder:
             for store in (module._parameters, module._buffers, tensor_attrs):  # plain tensor attributes too
                 for pname, p in store.items():
                     if p is not None:
-                        ref = self._live.get(id(p))
-                        if ref is None:
-                            ref = TensorRef(self, p, True, False)
-                        self.param_names.setdefault(ref.key, prefix + pname)
+                        self.param_names.setdefault(self.ref_of(p).key, prefix + pname)
         self._calls += 1
         self._scopes.append((path, type(module).__name__, self._calls))
         if self._lines_off:
