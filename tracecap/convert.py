@@ -132,11 +132,11 @@ def _as_inputs(args):
     return inputs
 
 
-def run_and_capture(model, inputs, steps):
+def run_and_capture(model, inputs, steps, fold_bn=False):
     """(outputs as a list, cleaned graph): one forward pass, captured - capture changes no number, so its
     outputs are the reference. When that forward raises, the model is run again without tracecap: if it
     fails there too, the model fails on these inputs (``forward_failure`` says where); if not, the error
-    is tracecap's and goes up as it is."""
+    is tracecap's and goes up as it is. ``fold_bn``: batch norms folded into the convolutions before them."""
     from tracecap import capture, progress
     from tracecap.errors import TracecapError
     shapes = [tuple(x.shape) for x in inputs]
@@ -156,7 +156,11 @@ def run_and_capture(model, inputs, steps):
                 raise forward_failure(exc, model, shapes) from exc
             raise
     refs = list(reference) if isinstance(reference, (list, tuple)) else [reference]
-    return refs, cap.graph
+    graph = cap.graph
+    if fold_bn:
+        from tracecap.passes import fold_batchnorm, run_passes
+        run_passes(graph, [fold_batchnorm])
+    return refs, graph
 
 
 def _verify_outputs(graph, inputs, refs, run_files, summary, steps, read_all=False):
@@ -224,10 +228,7 @@ def _stages(model, inputs, path, dialect, verify, per_layer, fold_bn, steps, mod
     from tracecap.mappers import caffe
     from tracecap.verify import runnable
     t0 = time.perf_counter()
-    refs, graph = run_and_capture(model, inputs, steps)
-    if fold_bn:
-        from tracecap.passes import fold_batchnorm, run_passes
-        run_passes(graph, [fold_batchnorm])
+    refs, graph = run_and_capture(model, inputs, steps, fold_bn)
     path = os.fspath(path)
     if os.path.dirname(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -348,10 +349,7 @@ def verify_against(prototxt, caffemodel, spec, shapes=None, weights=None, code=N
             raise ConvertError(f"{len(shapes)} --input shape(s) given; {prototxt} has {len(declared)} input(s) "
                                f"({', '.join(declared)})")
         inputs = example_inputs(shapes or list(declared.values()), None, seed)
-    refs, graph = run_and_capture(model, inputs, steps)
-    if fold_bn:
-        from tracecap.passes import fold_batchnorm, run_passes
-        run_passes(graph, [fold_batchnorm])
+    refs, graph = run_and_capture(model, inputs, steps, fold_bn)
     names = [caffe.caffe_name(b) for b in graph.inputs]
     if names != list(declared):
         raise ConvertError(f"the capture of {spec} has input(s) {', '.join(names)}; {prototxt} declares "
