@@ -49,10 +49,8 @@ def _with_readers(prototxt, blobs, tmpdir):
     soon as it is made copies it into a first output of its own. Returns (path, {blob: Split name}).
     """
     from google.protobuf import text_format
-    from tracecap.mappers.caffe.proto import module_for
-    pb = module_for("opencv")
-    with open(prototxt, encoding="utf-8") as f:
-        net = text_format.Parse(f.read(), pb.NetParameter())
+    from tracecap.mappers.caffe import writer
+    net = writer.load(prototxt, dialect="opencv")
     layers = list(net.layer)
     del net.layer[:]
     wanted, readers, names = set(blobs), {}, {l.name for l in layers} | {t for l in layers for t in l.top}
